@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gurukul_fast.storage.base import NewMessage, Storage, StorageUnavailable, StoredMessage
 
@@ -115,6 +115,6 @@ class GroupCommitter:
             if not future.done():
                 future.set_result(record)
 
-    def _finish(self, batch: list[object], started: float, *, ok: bool) -> None:
+    def _finish(self, batch: Sequence[object], started: float, *, ok: bool) -> None:
         if self._observer is not None:
             self._observer(len(batch), time.perf_counter() - started, ok)
