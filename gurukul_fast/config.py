@@ -63,6 +63,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_read_receipt_ids: int = 500  # message ids in one read_receipt frame
     history_page_size: int = 50  # messages sent on join
     max_history_page: int = 200  # messages in one `history` reply at most
+    max_recovery_messages: int = 1000  # missed messages a rejoin can recover; more: latest page
     max_chat_id_length: int = 128
 
     # timers (seconds)

@@ -185,9 +185,7 @@ def _classify(payload: bytes | str, detail: str) -> DecodeFailure:
         return DecodeFailure("Invalid message format", 400, "expected a JSON object")
     kind = envelope.get("type")
     if not kind or "data" not in envelope or not envelope.get("timestamp"):
-        return DecodeFailure(
-            "Invalid message format", 400, "type, data and timestamp are required"
-        )
+        return DecodeFailure("Invalid message format", 400, "type, data and timestamp are required")
     if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         return DecodeFailure("Unknown message type", 400)
     return DecodeFailure("Invalid message format", 400, detail)
@@ -249,7 +247,7 @@ class ChatSummary(_Out):
 
 class ChatUpdateEventData(_Out, omit_defaults=True):
     chat_id: str
-    updates: ChatSummary
+    updates: ChatSummary | None = None  # absent only on the reply to a leave
     action: str | None = None  # "joined" / "left" on replies to the joiner
     messages: list[WireMessage] | None = None
     has_more: bool | None = None

@@ -1,0 +1,245 @@
+"""The only module that knows picows: the upgrade router and the per-connection listener.
+
+The router runs synchronously inside picows' handshake parser, before the upgrade: it
+authenticates the `?token=` JWT, enforces the connection caps and answers the plain GET
+endpoints, so a refused client costs one short HTTP response and no WebSocket state.
+The listener's `on_ws_frame` is the data path: payload → msgspec decode → ChatService,
+all synchronous. A picows `WSFrame` is only valid inside that callback; we copy the
+payload out as bytes and never keep the frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
+
+from gurukul_fast import http
+from gurukul_fast.auth import AuthError
+from gurukul_fast.chat import ChatService, CloseCode
+from gurukul_fast.protocol import decode_client_frame
+from gurukul_fast.session import ConnectionState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Connection", "UpgradeRouter"]
+
+logger = logging.getLogger(__name__)
+
+# A close frame's reason must fit in 123 bytes (RFC 6455 §5.5).
+_MAX_REASON = 123
+# After we send a close frame, how long the peer gets to answer before the socket is cut.
+_CLOSE_GRACE_S = 5.0
+
+
+class Connection(WSListener):
+    """One WebSocket client: its listener callbacks and the `Client` API the service uses."""
+
+    def __init__(self, service: ChatService, state: ConnectionState) -> None:
+        super().__init__()
+        self._service = service
+        self._state = state
+        self._transport: WSTransport | None = None
+        self._open = False
+        self._write_cap = service.config.write_buffer_cap_bytes
+        self._fragments: bytearray | None = None
+        self._max_frame = service.config.max_frame_bytes
+
+    # ---- Client API
+
+    @property
+    def conn_id(self) -> int:
+        return self._state.conn_id
+
+    @property
+    def user_id(self) -> str:
+        return self._state.principal.user_id
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def deliver(self, frame: bytes, *, lossy: bool = False) -> None:
+        """Send one TEXT frame now (picows writes straight to the socket when it can)."""
+        transport = self._transport
+        if not self._open or transport is None:
+            return
+        if lossy and transport.underlying_transport.get_write_buffer_size() > self._write_cap // 2:
+            # Typing indicators are shed first: a client this far behind gets the next one.
+            self._service.metrics.lossy_drops.inc()
+            return
+        transport.send(WSMsgType.TEXT, frame)
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame and stop delivering; the socket is cut if the peer stalls."""
+        transport = self._transport
+        if not self._open or transport is None:
+            return
+        self._open = False
+        encoded = reason.encode()[:_MAX_REASON]
+        transport.send_close(WSCloseCode(code), encoded)
+        transport.disconnect(graceful=True)
+        # A peer that stopped reading never lets a graceful close finish: bound it.
+        loop = self._service.loop
+        loop.call_later(_CLOSE_GRACE_S, transport.disconnect, False)
+
+    # ---- picows callbacks
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self._open = True
+        # pause_writing() fires when unsent data passes the cap: that is the slow consumer.
+        transport.underlying_transport.set_write_buffer_limits(high=self._write_cap)
+        self._service.connected(self)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._open = False
+        self._service.disconnected(self)
+
+    def pause_writing(self) -> None:
+        if self._open:
+            self._service.metrics.slow_consumer_drops.inc()
+            logger.info("closing a slow consumer (user %s)", self.user_id)
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def resume_writing(self) -> None:
+        return None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
+            if frame.fin:
+                self._on_payload(frame.get_payload_as_bytes())
+            else:
+                self._fragments = bytearray(frame.get_payload_as_memoryview())
+        elif msg_type is WSMsgType.CONTINUATION:
+            if self._fragments is None:
+                return  # a continuation without a start: nothing to continue
+            self._fragments += frame.get_payload_as_memoryview()
+            if len(self._fragments) > self._max_frame:
+                self._fragments = None
+                self.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
+            elif frame.fin:
+                payload, self._fragments = bytes(self._fragments), None
+                self._on_payload(payload)
+        elif msg_type is WSMsgType.CLOSE:
+            self._open = False
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def _on_payload(self, payload: bytes) -> None:
+        if self._open:
+            self._service.handle(self, decode_client_frame(payload))
+
+
+class UpgradeRouter:
+    """picows' listener factory: routes each HTTP request before any upgrade happens."""
+
+    def __init__(self, service: ChatService, started_at: float) -> None:
+        self._service = service
+        self._config = service.config
+        self._ws_path = service.config.ws_path.encode()
+        self._started_at = started_at
+        self.draining = False
+        self._routes: dict[bytes, Callable[[], http.HttpAnswer]] = {
+            b"/ws/health": self._health,
+            b"/metrics": lambda: http.metrics(self._service.metrics.render()),
+        }
+
+    def __call__(
+        self, request: WSUpgradeRequest
+    ) -> WSListener | WSUpgradeResponseWithListener | None:
+        try:
+            return self._route(request)
+        except Exception:
+            # picows would send the exception text as a 500 body: never let it get there.
+            logger.exception("upgrade router failed")
+            return _answer(http.json_error(500, "Internal error"))
+
+    def _route(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
+        path, _, query = request.path.partition(b"?")
+        if request.method != b"GET":
+            return _answer(http.json_error(405, "Method not allowed"))
+        if path == self._ws_path:
+            return self._upgrade(request, query)
+        route = self._routes.get(path)
+        if route is not None:
+            return _answer(route())
+        return _answer(http.not_found())
+
+    def _upgrade(
+        self, request: WSUpgradeRequest, query: bytes
+    ) -> WSListener | WSUpgradeResponseWithListener:
+        service = self._service
+        if self.draining:
+            return self._refuse(503, "Server is shutting down")
+        params = parse_qs(query.decode("latin-1"))
+        token = params.get("token", [None])[0]
+        try:
+            principal = service.verifier.verify(token)
+        except AuthError as exc:
+            return self._refuse(401, exc.reason)
+        refusal = service.can_accept(principal.user_id)
+        if refusal is not None:
+            return self._refuse(503, refusal)
+        _normalise_connection_header(request)
+        batch = params.get("batch", ["0"])[0] in ("1", "true")
+        return Connection(service, service.new_state(principal, batch))
+
+    def _refuse(self, status: int, message: str) -> WSUpgradeResponseWithListener:
+        self._service.metrics.http_rejections.labels(str(status)).inc()
+        return _answer(http.json_error(status, message))
+
+    def _health(self) -> http.HttpAnswer:
+        service = self._service
+        return http.health(
+            draining=self.draining,
+            storage_ok=service.storage_ok,
+            connections=len(service.clients),
+            active_chats=service.rooms.active_chats,
+            uptime_s=time.monotonic() - self._started_at,
+        )
+
+
+def _normalise_connection_header(request: WSUpgradeRequest) -> None:
+    """Firefox sends `Connection: keep-alive, Upgrade`; picows accepts only `Upgrade`.
+
+    RFC 6455 §4.2.1 only asks that the header *include* the `Upgrade` token, so rewrite it
+    to the one value picows validates when the token is present.
+    """
+    value = request.headers.get("Connection")
+    if value is None:
+        return
+    tokens = {token.strip().lower() for token in value.split(",")}
+    if "upgrade" in tokens and value.strip().lower() != "upgrade":
+        request.headers["Connection"] = "Upgrade"
+
+
+def _answer(answer: http.HttpAnswer) -> WSUpgradeResponseWithListener:
+    if answer.status < 400:
+        response = WSUpgradeResponse.create_ok_response(
+            answer.body, extra_headers={"Content-Type": answer.content_type}
+        )
+    else:
+        response = WSUpgradeResponse.create_error_response(
+            answer.status, answer.body, extra_headers={"Content-Type": answer.content_type}
+        )
+    response.headers["Cache-Control"] = "no-store"
+    return WSUpgradeResponseWithListener(response, None)
