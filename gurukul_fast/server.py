@@ -87,7 +87,10 @@ class GurukulServer:
         )
         service.start()
         self._service = service
-        self._router = UpgradeRouter(service, time.monotonic())
+        # /dev/token exists only with a generated secret, never with a configured one.
+        self._router = UpgradeRouter(
+            service, time.monotonic(), dev_token_secret=secret if self.secret_generated else None
+        )
         self._server = await ws_create_server(
             self._router,
             config.ws_host,

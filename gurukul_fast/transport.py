@@ -27,7 +27,7 @@ from picows import (
 )
 
 from gurukul_fast import http
-from gurukul_fast.auth import AuthError
+from gurukul_fast.auth import AuthError, mint_token
 from gurukul_fast.chat import ChatService, CloseCode
 from gurukul_fast.protocol import decode_client_frame
 from gurukul_fast.session import ConnectionState
@@ -152,16 +152,31 @@ class Connection(WSListener):
 class UpgradeRouter:
     """picows' listener factory: routes each HTTP request before any upgrade happens."""
 
-    def __init__(self, service: ChatService, started_at: float) -> None:
+    def __init__(
+        self, service: ChatService, started_at: float, *, dev_token_secret: str | None = None
+    ) -> None:
+        """`dev_token_secret` is the *generated* secret in zero-config mode, else None.
+
+        Only then does `GET /dev/token` exist: a configured JWT_SECRET or public key must
+        never be reachable from a page, so the server passes None for those.
+        """
         self._service = service
         self._config = service.config
         self._ws_path = service.config.ws_path.encode()
         self._started_at = started_at
         self.draining = False
-        self._routes: dict[bytes, Callable[[], http.HttpAnswer]] = {
-            b"/ws/health": self._health,
-            b"/metrics": lambda: http.metrics(self._service.metrics.render()),
+        self._dev_token_secret = dev_token_secret
+        page = http.demo_page(
+            ws_path=service.config.ws_path, dev_tokens=dev_token_secret is not None
+        )
+        # Each route gets the query string (after "?") of the request.
+        self._routes: dict[bytes, Callable[[bytes], http.HttpAnswer]] = {
+            b"/": lambda _query: page,
+            b"/ws/health": lambda _query: self._health(),
+            b"/metrics": lambda _query: http.metrics(self._service.metrics.render()),
         }
+        if dev_token_secret is not None:
+            self._routes[b"/dev/token"] = self._dev_token
 
     def __call__(
         self, request: WSUpgradeRequest
@@ -181,7 +196,11 @@ class UpgradeRouter:
             return self._upgrade(request, query)
         route = self._routes.get(path)
         if route is not None:
-            return _answer(route())
+            answer = route(query)
+            routed = _answer(answer)
+            for name, value in answer.headers:
+                routed.response.headers[name] = value
+            return routed
         return _answer(http.not_found())
 
     def _upgrade(
@@ -206,6 +225,31 @@ class UpgradeRouter:
     def _refuse(self, status: int, message: str) -> WSUpgradeResponseWithListener:
         self._service.metrics.http_rejections.labels(str(status)).inc()
         return _answer(http.json_error(status, message))
+
+    def _dev_token(self, query: bytes) -> http.HttpAnswer:
+        """GET /dev/token?user=NAME (zero-config mode only): a token for the demo page.
+
+        Anyone who can reach the port can mint a token for any user: that is what a
+        development server without JWT_SECRET means, and the start-up warning says so.
+        """
+        secret = self._dev_token_secret
+        if secret is None:
+            return http.not_found()
+        user = parse_qs(query.decode("latin-1")).get("user", [""])[0]
+        if not http.is_dev_user(user):
+            return http.json_error(400, http.DEV_USER_RULE)
+        issued = time.time()
+        token = mint_token(
+            secret,
+            user,
+            ttl_s=http.DEV_TOKEN_TTL_S,
+            now=issued,
+            audience=self._config.jwt_audience,
+            issuer=self._config.jwt_issuer,
+        )
+        return http.dev_token(
+            user=user, token=token, expires_at_s=int(issued + http.DEV_TOKEN_TTL_S)
+        )
 
     def _health(self) -> http.HttpAnswer:
         service = self._service
