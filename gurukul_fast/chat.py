@@ -444,6 +444,13 @@ class ChatService:
                         },
                     )
                 )
+                if not stored.duplicate:
+                    self.metrics.agent_replies.inc()
+                    self.metrics.messages_stored.inc()
+                    event = p.MessageEvent(
+                        p.MessageEventData(chat_id, to_wire(stored), temp_id), now_ms()
+                    )
+                    self._publish(chat_id, p.encode(event), "message")
             except TimeoutError:
                 self.send_error(client, "Agent timed out", 504, message_id=temp_id, chat_id=chat_id)
                 return
@@ -458,14 +465,10 @@ class ChatService:
                 )
                 return
             finally:
+                # Typing goes off on every path: success, error, timeout, cancel, shutdown.
                 self._publish_agent_typing(chat_id, agent.agent_id, False)
-        if stored.duplicate:
-            return
-        self.metrics.agent_replies.inc()
-        self.metrics.messages_stored.inc()
-        event = p.MessageEvent(p.MessageEventData(chat_id, to_wire(stored), temp_id), now_ms())
-        self._publish(chat_id, p.encode(event), "message")
-        self._publish_summary(info, stored)
+        if not stored.duplicate:
+            self._publish_summary(info, stored)
 
     def _publish_agent_typing(self, chat_id: str, agent_id: str, is_typing: bool) -> None:
         event = p.TypingEvent(p.TypingEventData(chat_id, ASSISTANT, agent_id, is_typing), now_ms())
@@ -503,8 +506,9 @@ class ChatService:
         event = p.TypingEvent(
             p.TypingEventData(chat_id, user_id, data.agent_id, data.is_typing), now_ms()
         )
+        # Typing is for the others: not echoed to any of the typist's connections.
         self._publish(
-            chat_id, p.encode(event), "typing", exclude=client.conn_id, lossy=data.is_typing
+            chat_id, p.encode(event), "typing", exclude_user=user_id, lossy=data.is_typing
         )
 
     def _expire_typing(self, user_id: str, chat_id: str) -> None:
@@ -512,7 +516,7 @@ class ChatService:
         self._typing_expiry.pop((user_id, chat_id), None)
         self._typing.forget(user_id, chat_id)
         event = p.TypingEvent(p.TypingEventData(chat_id, user_id, None, False), now_ms())
-        self._publish(chat_id, p.encode(event), "typing")
+        self._publish(chat_id, p.encode(event), "typing", exclude_user=user_id)
 
     # ------------------------------------------------------------------ receipts
 
@@ -724,9 +728,12 @@ class ChatService:
         kind: str,
         *,
         exclude: int | None = None,
+        exclude_user: str | None = None,
         lossy: bool = False,
     ) -> None:
-        delivered = self.rooms.publish(chat_id, frame, exclude=exclude, lossy=lossy)
+        delivered = self.rooms.publish(
+            chat_id, frame, exclude=exclude, exclude_user=exclude_user, lossy=lossy
+        )
         if delivered:
             self.metrics.frames_out[kind].inc(delivered)
 

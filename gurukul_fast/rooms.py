@@ -62,9 +62,16 @@ class RoomTable:
             self.leave(chat_id, peer)
 
     def publish(
-        self, chat_id: str, frame: bytes, *, exclude: int | None = None, lossy: bool = False
+        self,
+        chat_id: str,
+        frame: bytes,
+        *,
+        exclude: int | None = None,
+        exclude_user: str | None = None,
+        lossy: bool = False,
     ) -> int:
-        """Send `frame` to every member of the chat except connection `exclude`.
+        """Send `frame` to every member of the chat but connection `exclude` and the
+        connections of `exclude_user`.
 
         Returns the number of deliveries. Costs one `deliver` call per member.
         """
@@ -74,7 +81,7 @@ class RoomTable:
         delivered = 0
         # Copy: a delivery may close a slow consumer, which leaves the room mid-loop.
         for conn_id, peer in tuple(room.items()):
-            if conn_id != exclude:
+            if conn_id != exclude and (exclude_user is None or peer.user_id != exclude_user):
                 peer.deliver(frame, lossy=lossy)
                 delivered += 1
         return delivered
