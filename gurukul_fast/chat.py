@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
 
 from gurukul_fast import protocol as p
-from gurukul_fast.agents import Agent, AgentError, AgentRegistry, AgentRequest, AgentTurn
+from gurukul_fast.agents import AgentRegistry
 from gurukul_fast.auth import AuthError, Principal, TokenVerifier
 from gurukul_fast.config import Config
 from gurukul_fast.metrics import Metrics
+from gurukul_fast.replies import AgentReplies
 from gurukul_fast.rooms import Peer, RoomTable
 from gurukul_fast.session import (
     AbuseError,
@@ -47,13 +46,11 @@ from gurukul_fast.storage import (
     StoredMessage,
 )
 from gurukul_fast.storage.committer import GroupCommitter
+from gurukul_fast.wire import iso_utc, new_message_id, now_ms, to_wire
 
 __all__ = ["ChatService", "Client", "CloseCode"]
 
 logger = logging.getLogger(__name__)
-
-ASSISTANT = "assistant"
-AGENT_CONTEXT_MESSAGES = 10  # earlier messages handed to an agent as context
 
 
 class CloseCode:
@@ -76,33 +73,6 @@ class Client(Peer, Protocol):
     def is_open(self) -> bool: ...
 
     def close(self, code: int, reason: str) -> None: ...
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def iso_utc(ms: int) -> str:
-    """ISO-8601 UTC with milliseconds and a Z, as the SPEC's examples show."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def new_message_id(ms: int) -> str:
-    return f"msg-{ms}-{secrets.token_hex(5)}"
-
-
-def to_wire(message: StoredMessage) -> p.WireMessage:
-    return p.WireMessage(
-        id=message.id,
-        chat_id=message.chat_id,
-        user_id=message.user_id,
-        agent_id=message.agent_id,
-        content=message.content,
-        role=message.role,
-        timestamp=iso_utc(message.created_at_ms),
-        seq=message.seq,
-        metadata=message.metadata,
-    )
 
 
 class _ChatInfo:
@@ -149,11 +119,10 @@ class ChatService:
         self._token_expiry: dict[int, asyncio.TimerHandle] = {}
         self._chats: dict[str, _ChatInfo] = {}
         self._inflight: dict[tuple[str, str, str], asyncio.Future[StoredMessage]] = {}
-        self._agent_slots = asyncio.Semaphore(config.max_concurrent_agent_replies)
-        self._agent_replies: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_conn_id = 0
         self._loop = asyncio.get_running_loop()
+        self.replies = AgentReplies(config, storage, self, metrics, self._spawn)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -356,10 +325,7 @@ class ChatService:
         if agent is None:
             self.send_error(client, "Unknown agent", 404, message_id=temp_id, chat_id=chat_id)
             return
-        key = (chat_id, stored.id)
-        task = self._spawn(self._agent_reply(client, info, agent, stored, temp_id))
-        self._agent_replies[key] = task
-        task.add_done_callback(lambda _: self._agent_replies.pop(key, None))
+        self.replies.start(client, agent, stored, temp_id)
 
     async def _append_idempotent(self, message: NewMessage) -> StoredMessage:
         """Store via the group committer; concurrent retries of one temp id share a commit."""
@@ -401,89 +367,25 @@ class ChatService:
         frame = self._chat_update_frame(stored.chat_id, info=info, last_message=stored.content)
         self._publish(stored.chat_id, frame, "chat_update")
 
-    # ------------------------------------------------------------------ agents
+    # ------------------------------------------------------------------ ReplyHost
 
-    async def _agent_reply(
-        self,
-        client: Client,
-        info: _ChatInfo,
-        agent: Agent,
-        trigger: StoredMessage,
-        temp_id: str | None,
-    ) -> None:
-        chat_id = trigger.chat_id
-        async with self._agent_slots:
-            self._publish_agent_typing(chat_id, agent.agent_id, True)
-            try:
-                history = await self.storage.latest_messages(
-                    chat_id, AGENT_CONTEXT_MESSAGES + 1, before_seq=trigger.seq
-                )
-                request = AgentRequest(
-                    chat_id=chat_id,
-                    user_id=trigger.user_id,
-                    agent_id=agent.agent_id,
-                    content=trigger.content,
-                    history=tuple(AgentTurn(m.role, m.content) for m in history),
-                )
-                reply = await asyncio.wait_for(agent.reply(request), self.config.agent_timeout)
-                stored = await self._append(
-                    NewMessage(
-                        id=new_message_id(now_ms()),
-                        chat_id=chat_id,
-                        user_id=ASSISTANT,
-                        agent_id=agent.agent_id,
-                        content=reply.content,
-                        role="assistant",
-                        created_at_ms=now_ms(),
-                        # One reply per trigger, even if this task were run twice.
-                        client_message_id=f"reply:{trigger.id}",
-                        metadata={
-                            "confidence": reply.confidence,
-                            "messageIndex": 1,
-                            "totalMessages": 1,
-                        },
-                    )
-                )
-                if not stored.duplicate:
-                    self.metrics.agent_replies.inc()
-                    self.metrics.messages_stored.inc()
-                    event = p.MessageEvent(
-                        p.MessageEventData(chat_id, to_wire(stored), temp_id), now_ms()
-                    )
-                    self._publish(chat_id, p.encode(event), "message")
-            except TimeoutError:
-                self.send_error(client, "Agent timed out", 504, message_id=temp_id, chat_id=chat_id)
-                return
-            except AgentError:
-                self.send_error(
-                    client, "Agent unavailable", 503, message_id=temp_id, chat_id=chat_id
-                )
-                return
-            except StorageUnavailable:
-                self.send_error(
-                    client, "Storage unavailable", 503, message_id=temp_id, chat_id=chat_id
-                )
-                return
-            finally:
-                # Typing goes off on every path: success, error, timeout, cancel, shutdown.
-                self._publish_agent_typing(chat_id, agent.agent_id, False)
-        if not stored.duplicate:
+    async def append(self, message: NewMessage) -> StoredMessage:
+        """Store one message through the group committer (agent replies use this)."""
+        return await self._append(message)
+
+    def publish_event(self, chat_id: str, frame: bytes, kind: str, *, lossy: bool = False) -> None:
+        self._publish(chat_id, frame, kind, lossy=lossy)
+
+    def reply_stored(self, stored: StoredMessage) -> None:
+        info = self._chats.get(stored.chat_id)
+        if info is not None:
             self._publish_summary(info, stored)
-
-    def _publish_agent_typing(self, chat_id: str, agent_id: str, is_typing: bool) -> None:
-        event = p.TypingEvent(p.TypingEventData(chat_id, ASSISTANT, agent_id, is_typing), now_ms())
-        self._publish(chat_id, p.encode(event), "typing", lossy=is_typing)
 
     def _on_cancel(self, client: Client, data: p.CancelData) -> None:
         chat_id = check_chat_id(data.chat_id, self.config.max_chat_id_length)
         if chat_id not in client.state.allowed:
             raise InputError("Access denied to chat", 403)
-        cancelled = False
-        for (reply_chat, _), task in tuple(self._agent_replies.items()):
-            if reply_chat == chat_id:
-                task.cancel()
-                cancelled = True
-        if not cancelled:
+        if not self.replies.cancel(chat_id):
             raise InputError("No agent reply in progress", 404)
 
     # ------------------------------------------------------------------ typing
