@@ -24,9 +24,11 @@ from gurukul_fast import protocol as p
 from gurukul_fast.agents import AgentRegistry
 from gurukul_fast.auth import AuthError, Principal, TokenVerifier
 from gurukul_fast.config import Config
+from gurukul_fast.flusher import BatchFlusher
+from gurukul_fast.framing import text_frame
 from gurukul_fast.metrics import Metrics
 from gurukul_fast.replies import AgentReplies
-from gurukul_fast.rooms import Peer, RoomTable
+from gurukul_fast.rooms import Peer, RoomEvent, RoomTable
 from gurukul_fast.session import (
     AbuseError,
     ConnectionState,
@@ -46,7 +48,7 @@ from gurukul_fast.storage import (
     StoredMessage,
 )
 from gurukul_fast.storage.committer import GroupCommitter
-from gurukul_fast.wire import iso_utc, new_message_id, now_ms, to_wire
+from gurukul_fast.wire import ASSISTANT, iso_utc, new_message_id, now_ms, to_wire
 
 __all__ = ["ChatService", "Client", "CloseCode"]
 
@@ -104,7 +106,9 @@ class ChatService:
         self.agents = agents
         self.verifier = verifier
         self.metrics = metrics
-        self.rooms = RoomTable()
+        self._loop = asyncio.get_running_loop()
+        self.flusher = BatchFlusher(config.batch_interval_ms / 1000, self._loop)
+        self.rooms = RoomTable(self.flusher)
         self.users = UserRegistry(config)
         self.clients: dict[int, Client] = {}
         self.committer = GroupCommitter(
@@ -121,7 +125,6 @@ class ChatService:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[StoredMessage]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_conn_id = 0
-        self._loop = asyncio.get_running_loop()
         self.replies = AgentReplies(config, storage, self, metrics, self._spawn)
 
     # ------------------------------------------------------------------ lifecycle
@@ -365,7 +368,7 @@ class ChatService:
         info.message_count = max(info.message_count, stored.seq)
         info.updated_at_ms = stored.created_at_ms
         frame = self._chat_update_frame(stored.chat_id, info=info, last_message=stored.content)
-        self._publish(stored.chat_id, frame, "chat_update")
+        self._publish(stored.chat_id, frame, "chat_update", coalesce_key="chat_update")
 
     # ------------------------------------------------------------------ ReplyHost
 
@@ -374,7 +377,9 @@ class ChatService:
         return await self._append(message)
 
     def publish_event(self, chat_id: str, frame: bytes, kind: str, *, lossy: bool = False) -> None:
-        self._publish(chat_id, frame, kind, lossy=lossy)
+        # The agent's typing state, like a user's, keeps only its latest value in a batch.
+        key = f"typing:{ASSISTANT}" if kind == "typing" else None
+        self._publish(chat_id, frame, kind, lossy=lossy, coalesce_key=key)
 
     def reply_stored(self, stored: StoredMessage) -> None:
         info = self._chats.get(stored.chat_id)
@@ -410,7 +415,12 @@ class ChatService:
         )
         # Typing is for the others: not echoed to any of the typist's connections.
         self._publish(
-            chat_id, p.encode(event), "typing", exclude_user=user_id, lossy=data.is_typing
+            chat_id,
+            p.encode(event),
+            "typing",
+            exclude_user=user_id,
+            lossy=data.is_typing,
+            coalesce_key=f"typing:{user_id}",
         )
 
     def _expire_typing(self, user_id: str, chat_id: str) -> None:
@@ -418,7 +428,13 @@ class ChatService:
         self._typing_expiry.pop((user_id, chat_id), None)
         self._typing.forget(user_id, chat_id)
         event = p.TypingEvent(p.TypingEventData(chat_id, user_id, None, False), now_ms())
-        self._publish(chat_id, p.encode(event), "typing", exclude_user=user_id)
+        self._publish(
+            chat_id,
+            p.encode(event),
+            "typing",
+            exclude_user=user_id,
+            coalesce_key=f"typing:{user_id}",
+        )
 
     # ------------------------------------------------------------------ receipts
 
@@ -444,7 +460,13 @@ class ChatService:
             relay = p.ReadReceiptEvent(
                 p.ReadReceiptEventData(chat_id, known, client.user_id), now_ms()
             )
-            self._publish(chat_id, p.encode(relay), "read_receipt", exclude=client.conn_id)
+            self._publish(
+                chat_id,
+                p.encode(relay),
+                "read_receipt",
+                exclude=client.conn_id,
+                receipt=(client.user_id, tuple(known)),
+            )
 
     # ------------------------------------------------------------------ join / leave / history
 
@@ -619,23 +641,28 @@ class ChatService:
         )
         self._send(client, p.encode(event), "error")
 
-    def _send(self, client: Client, frame: bytes, kind: str) -> None:
+    def _send(self, client: Client, payload: bytes, kind: str) -> None:
+        """Send one frame to one client (replies, errors): never batched."""
         self.metrics.frames_out[kind].inc()
-        client.deliver(frame)
+        client.deliver(text_frame(payload))
 
     def _publish(
         self,
         chat_id: str,
-        frame: bytes,
+        payload: bytes,
         kind: str,
         *,
-        exclude: int | None = None,
+        exclude: int = 0,
         exclude_user: str | None = None,
         lossy: bool = False,
+        coalesce_key: str | None = None,
+        receipt: tuple[str, tuple[str, ...]] | None = None,
     ) -> None:
-        delivered = self.rooms.publish(
-            chat_id, frame, exclude=exclude, exclude_user=exclude_user, lossy=lossy
+        """Every event for a chat goes out here (the seam a broker will sit behind)."""
+        event = RoomEvent(
+            chat_id, payload, kind, exclude, exclude_user, lossy, coalesce_key, receipt
         )
+        delivered = self.rooms.publish(event)
         if delivered:
             self.metrics.frames_out[kind].inc(delivered)
 
