@@ -11,16 +11,41 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["AgentSpec", "Config", "ConfigError", "load_config"]
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the key."""
+
+
+class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[agents]]` table of the TOML file: an AI guide and the provider that answers.
+
+    An agent whose `id` is a built-in persona replaces it; any other id adds an agent.
+    Unset provider settings fall back to the `AGENT_*` keys below.
+    """
+
+    id: str  # what clients put in `agentId`
+    display_name: str | None = None  # shown in chat titles; default: the id, capitalised
+    provider: str | None = None  # entry point in `gurukul_fast.agents`; default AGENT_PROVIDER
+    persona: str | None = None  # builtin provider: which built-in persona; default: the id
+    system_prompt: str | None = None  # LLM providers: default the built-in persona's prompt
+    base_url: str | None = None  # e.g. "http://127.0.0.1:8080/v1"; default AGENT_BASE_URL
+    api_key: str | None = None  # prefer api_key_env: files get copied, environments less
+    api_key_env: str | None = None  # name of the environment variable holding the key
+    model: str | None = None  # default AGENT_MODEL
+    temperature: float | None = None  # 0..2; default AGENT_TEMPERATURE
+    max_tokens: int | None = None  # tokens per reply at most; default AGENT_MAX_TOKENS
+    context_messages: int | None = None  # earlier chat messages sent as context
+    context_chars: int | None = None  # characters of that history at most (oldest dropped)
+    confidence: float | None = None  # metadata.confidence of this agent's replies, 0..1
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # for third-party providers
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,7 +103,22 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent_agent_replies: int = 64
 
     # agents and logging
-    agent_provider: str = "builtin"
+    agent_provider: str = "builtin"  # provider of the built-in persona ids (builtin | openai)
+    agents: tuple[AgentSpec, ...] = ()  # TOML `[[agents]]` tables (file or flags, not env)
+    agent_base_url: str = "https://api.openai.com/v1"  # OpenAI-compatible endpoint
+    agent_api_key: str | None = None  # Bearer token for it; never logged
+    agent_model: str | None = None  # model name; required by the openai provider
+    agent_temperature: float = 0.7
+    agent_max_tokens: int = 1024  # tokens per reply at most
+    agent_context_messages: int = 10  # earlier chat messages handed to an agent as context
+    agent_context_chars: int = 16_000  # characters of that history at most
+    agent_connect_timeout: float = 5.0  # seconds to connect to the provider
+    agent_idle_timeout: float = 20.0  # seconds without a byte from the provider: 504
+    agent_retries: int = 2  # retries on 429/5xx/connect errors before the first token
+    agent_retry_backoff: float = 0.5  # seconds before the first retry; doubles each time
+    agent_queue_per_chat: int = 16  # replies waiting in one chat at most; more get 429
+    agent_stream_interval_ms: int = 40  # ?stream=1 clients: partial text at most this often
+    agent_reply_part_chars: int = 4000  # longer replies are stored as several parts
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json"
 
@@ -89,10 +129,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _FIELDS = {name for name in Config.__struct_fields__}
+# Tables, not scalars: only the TOML file and flags can carry them.
+_NOT_FROM_ENV = frozenset({"agents"})
 
 
 def _coerce(key: str, raw: Any, field_type: type[Any]) -> Any:
     """Turn an env/TOML/CLI value into the field's type, or raise ConfigError naming `key`."""
+    if key == "agents":
+        return _coerce_agents(raw)
     try:
         if isinstance(raw, str):
             if field_type is tuple or str(field_type).startswith("tuple"):
@@ -101,6 +145,17 @@ def _coerce(key: str, raw: Any, field_type: type[Any]) -> Any:
         return msgspec.convert(raw, field_type, strict=False)
     except (msgspec.ValidationError, ValueError, TypeError):
         raise ConfigError(f"invalid value for {key.upper()}: {raw!r}") from None
+
+
+def _coerce_agents(raw: Any) -> tuple[AgentSpec, ...]:
+    """`[[agents]]` tables → AgentSpecs; an unknown or bad key fails naming its table."""
+    try:
+        return msgspec.convert(raw, tuple[AgentSpec, ...], strict=False)
+    except msgspec.ValidationError as exc:
+        # msgspec says "… - at `$[1].temperature`"; name it as the file does: AGENTS[1].
+        message, _, where = str(exc).partition(" - at `$")
+        place = f"AGENTS{where.rstrip('`')}" if where else "AGENTS"
+        raise ConfigError(f"invalid value for {place}: {message}") from None
 
 
 def _field_types() -> dict[str, Any]:
@@ -139,7 +194,7 @@ def load_config(
                 raise ConfigError(f"unknown key in {path}: {key}")
             values[name] = _coerce(name, raw, types[name])
 
-    for name in _FIELDS:
+    for name in _FIELDS - _NOT_FROM_ENV:
         raw_env = environ.get(name.upper())
         if raw_env is not None and raw_env != "":
             values[name] = _coerce(name, raw_env, types[name])
@@ -186,3 +241,83 @@ def _validate(config: Config) -> None:
         raise ConfigError("TLS_CERT and TLS_KEY must be set together")
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"invalid value for LOG_FORMAT: {config.log_format!r} (text or json)")
+    _validate_agents(config)
+
+
+def _validate_agents(config: Config) -> None:
+    """Agent settings: ranges, unique ids, providers that exist (by entry point)."""
+    for name in (
+        "agent_max_tokens",
+        "agent_context_chars",
+        "agent_queue_per_chat",
+        "agent_stream_interval_ms",
+        "agent_reply_part_chars",
+        "max_concurrent_agent_replies",
+    ):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"invalid value for {name.upper()}: must be > 0")
+    for name in ("agent_timeout", "agent_connect_timeout", "agent_idle_timeout"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"invalid value for {name.upper()}: must be > 0 seconds")
+    if config.agent_retries < 0 or config.agent_retry_backoff < 0:
+        raise ConfigError("invalid value for AGENT_RETRIES/AGENT_RETRY_BACKOFF: must be >= 0")
+    if config.agent_context_messages < 0:
+        raise ConfigError("invalid value for AGENT_CONTEXT_MESSAGES: must be >= 0")
+    if not 0.0 <= config.agent_temperature <= 2.0:
+        raise ConfigError("invalid value for AGENT_TEMPERATURE: must be within 0..2")
+    providers = _agent_providers()
+    if config.agent_provider not in providers:
+        raise ConfigError(
+            f"invalid value for AGENT_PROVIDER: {config.agent_provider!r} "
+            f"(installed: {', '.join(sorted(providers))})"
+        )
+    seen: set[str] = set()
+    for index, spec in enumerate(config.agents):
+        where = f"AGENTS[{index}]"
+        if not spec.id or len(spec.id) > 64:
+            raise ConfigError(f"invalid value for {where}.id: 1 to 64 characters")
+        if spec.id in seen:
+            raise ConfigError(f"invalid value for {where}.id: {spec.id!r} is defined twice")
+        seen.add(spec.id)
+        provider = spec.provider or config.agent_provider
+        if provider not in providers:
+            raise ConfigError(
+                f"invalid value for {where}.provider: {provider!r} "
+                f"(installed: {', '.join(sorted(providers))})"
+            )
+        if spec.temperature is not None and not 0.0 <= spec.temperature <= 2.0:
+            raise ConfigError(f"invalid value for {where}.temperature: must be within 0..2")
+        if spec.confidence is not None and not 0.0 <= spec.confidence <= 1.0:
+            raise ConfigError(f"invalid value for {where}.confidence: must be within 0..1")
+        for key in ("max_tokens", "context_chars"):
+            value = getattr(spec, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"invalid value for {where}.{key}: must be > 0")
+        if spec.context_messages is not None and spec.context_messages < 0:
+            raise ConfigError(f"invalid value for {where}.context_messages: must be >= 0")
+        if spec.api_key_env is not None and spec.api_key is not None:
+            raise ConfigError(f"invalid value for {where}: set api_key or api_key_env, not both")
+        _check_with_provider(providers[provider], spec, config, where)
+    if config.agent_provider != "builtin":
+        # The built-in persona ids are served by AGENT_PROVIDER unless a table replaces them.
+        from gurukul_fast.agents.builtin import BUILTIN_AGENT_IDS
+
+        for agent_id in BUILTIN_AGENT_IDS:
+            if agent_id not in seen:
+                spec = AgentSpec(id=agent_id)
+                where = "AGENT_PROVIDER"
+                _check_with_provider(providers[config.agent_provider], spec, config, where)
+
+
+def _agent_providers() -> dict[str, EntryPoint]:
+    """The installed agent providers by name (entry-point group `gurukul_fast.agents`)."""
+    return {entry.name: entry for entry in entry_points(group="gurukul_fast.agents")}
+
+
+def _check_with_provider(entry: EntryPoint, spec: AgentSpec, config: Config, where: str) -> None:
+    """Let the provider refuse a spec it cannot serve (say, no model) at start-up."""
+    provider = entry.load()
+    try:
+        provider.check(spec, config)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for {where}: {exc}") from None

@@ -10,25 +10,39 @@ An agent that cannot answer (its provider is down, times out, refuses) raises
 `AgentError`; the server then sends `error` 503 to the sender and stores nothing. Any other
 exception is a bug: the server logs it and also answers 503, never with the exception text.
 
-Agents are looked up by id in an `AgentRegistry`, built once at start-up and passed down.
+Agents that generate text incrementally (LLM providers) also implement `StreamingAgent`:
+`stream` yields `AgentDelta`s as the text arrives, so the server can show partial text to
+clients that asked for it and keep what was generated when a reply is cancelled. A timeout
+of the provider itself is `AgentTimeout` (the sender gets 504 instead of 503).
+
+Agents are looked up by id in an `AgentRegistry`, built once at start-up (from config, see
+`registry.build_registry`) and passed down; `AgentRegistry.aclose` releases what the agents
+hold (HTTP sessions) at shutdown. Providers — factories of agents from an `AgentSpec` — are
+found by entry point in the group `gurukul_fast.agents`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import AsyncIterator, Iterable
+
+    from gurukul_fast.config import AgentSpec, Config
 
 __all__ = [
     "Agent",
+    "AgentDelta",
     "AgentError",
+    "AgentProvider",
     "AgentRegistry",
     "AgentReply",
     "AgentRequest",
+    "AgentTimeout",
     "AgentTurn",
+    "StreamingAgent",
 ]
 
 
@@ -37,6 +51,10 @@ class AgentError(Exception):
 
     Raise it with a message for the log; clients never see the text.
     """
+
+
+class AgentTimeout(AgentError):
+    """The provider did not answer in time (connect or between two chunks): `error` 504."""
 
 
 class AgentTurn(msgspec.Struct, frozen=True):
@@ -87,6 +105,43 @@ class Agent(Protocol):
         ...
 
 
+class AgentDelta(msgspec.Struct, frozen=True):
+    """A piece of a streamed reply: the next `text`, and what the agent knows so far."""
+
+    text: str
+    confidence: float | None = None  # set (usually on the last delta) when known
+    truncated: bool = False  # the provider stopped at its token limit
+
+
+@runtime_checkable
+class StreamingAgent(Agent, Protocol):
+    """An agent that produces its reply incrementally (an LLM behind HTTP)."""
+
+    def stream(self, request: AgentRequest) -> AsyncIterator[AgentDelta]:
+        """Yield the reply as it is generated; raise `AgentError`/`AgentTimeout` on failure.
+
+        The server cancels the iteration (closing the upstream request) when the reply is
+        cancelled; an implementation must release its connection when that happens.
+        """
+        ...
+
+
+class AgentProvider(Protocol):
+    """A factory of agents, registered under an entry point of `gurukul_fast.agents`.
+
+    `check` runs while the config is loaded, so a bad agent table fails start-up with one
+    line; `create` runs once per agent when the registry is built, inside the loop.
+    """
+
+    def check(self, spec: AgentSpec, config: Config) -> None:
+        """Raise ValueError (text: which key and why) if this provider cannot serve `spec`."""
+        ...
+
+    def create(self, spec: AgentSpec, config: Config) -> Agent:
+        """Return the agent `spec` describes."""
+        ...
+
+
 class AgentRegistry:
     """The agents a server offers, by id. Built once at start-up; read-only afterwards."""
 
@@ -113,3 +168,10 @@ class AgentRegistry:
 
     def __len__(self) -> int:
         return len(self._agents)
+
+    async def aclose(self) -> None:
+        """Release the agents' resources (HTTP sessions); call once, after the drain."""
+        for agent in self._agents.values():
+            close: Any = getattr(agent, "aclose", None)
+            if close is not None:
+                await close()
