@@ -137,15 +137,19 @@ class ChatService:
 
         Returns how many tasks had to be cancelled.
         """
+        self.replies.close()  # no new agent replies; queued and running ones may finish
         pending = set(self._tasks)
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout_s)
         else:
             still = set()
+        # Agent replies first, so each records why: stored as cancelled, typing off.
+        self.replies.shutdown()
         for task in still:
             task.cancel()
         if still:
-            await asyncio.wait(still, timeout=1.0)
+            # Cancelled replies still store their partial text: give the commits time.
+            await asyncio.wait(still, timeout=2.0)
         await self.committer.stop()
         for handle in (*self._typing_expiry.values(), *self._token_expiry.values()):
             handle.cancel()
@@ -381,6 +385,24 @@ class ChatService:
         key = f"typing:{ASSISTANT}" if kind == "typing" else None
         self._publish(chat_id, frame, kind, lossy=lossy, coalesce_key=key)
 
+    def publish_stream(self, chat_id: str, payload: bytes) -> int:
+        """Partial agent text, only to the members that connected with `?stream=1`.
+
+        Lossy and never batched: a client far behind loses deltas (it sees a gap in
+        `offset`) but always gets the stored reply as a `message`.
+        """
+        frame: bytes | None = None
+        delivered = 0
+        for peer in self.rooms.members(chat_id):
+            client = self.clients.get(peer.conn_id)
+            if client is None or not client.state.stream:
+                continue
+            if frame is None:
+                frame = text_frame(payload)
+            client.deliver(frame, lossy=True)
+            delivered += 1
+        return delivered
+
     def reply_stored(self, stored: StoredMessage) -> None:
         info = self._chats.get(stored.chat_id)
         if info is not None:
@@ -390,7 +412,7 @@ class ChatService:
         chat_id = check_chat_id(data.chat_id, self.config.max_chat_id_length)
         if chat_id not in client.state.allowed:
             raise InputError("Access denied to chat", 403)
-        if not self.replies.cancel(chat_id):
+        if not self.replies.cancel(chat_id, data.message_id):
             raise InputError("No agent reply in progress", 404)
 
     # ------------------------------------------------------------------ typing

@@ -315,3 +315,29 @@ class HistoryEvent(_Out, tag="history", tag_field="type"):
 class AuthEvent(_Out, tag="auth", tag_field="type"):
     data: AuthEventData
     timestamp: int
+
+
+# ---------------------------------------------------------------- streaming extension
+
+
+class AgentStreamData(_Out, omit_defaults=True):
+    """Extension (`?stream=1`): a piece of an agent reply while it is generated.
+
+    `delta` continues the text at character `offset` of the reply; `done` ends the stream
+    with `status` "completed", "cancelled" or "failed". The stored `message` (same
+    `messageId`) is authoritative: it replaces whatever partial text a client assembled.
+    """
+
+    chat_id: str
+    message_id: str | None  # the client's temp id of the triggering message
+    reply_to: str  # the server id of the triggering message
+    agent_id: str
+    offset: int  # characters of the reply sent before this delta
+    delta: str
+    done: bool
+    status: str | None = None  # only when done
+
+
+class AgentStreamEvent(_Out, tag="agent_stream", tag_field="type"):
+    data: AgentStreamData
+    timestamp: int

@@ -15,7 +15,7 @@ import time
 
 from picows import WSAutoPingStrategy, ws_create_server
 
-from gurukul_fast.agents import AgentRegistry, builtin_registry
+from gurukul_fast.agents import AgentRegistry, build_registry
 from gurukul_fast.auth import TokenVerifier, load_or_create_secret
 from gurukul_fast.chat import ChatService, CloseCode
 from gurukul_fast.config import Config
@@ -46,6 +46,7 @@ class GurukulServer:
         self.config = config
         self._storage = storage
         self._agents = agents
+        self._owns_agents = False  # built here from config: closed (HTTP sessions) at stop
         self._server: asyncio.Server | None = None
         self._router: UpgradeRouter | None = None
         self._service: ChatService | None = None
@@ -82,9 +83,11 @@ class GurukulServer:
         self._storage = storage
         await storage.open()
         metrics = Metrics()
-        service = ChatService(
-            config, storage, self._agents or builtin_registry(), verifier, metrics
-        )
+        if self._agents is None:
+            # From config: the built-in personas, AGENT_PROVIDER, the [[agents]] tables.
+            self._agents = build_registry(config)
+            self._owns_agents = True
+        service = ChatService(config, storage, self._agents, verifier, metrics)
         service.start()
         self._service = service
         # /dev/token exists only with a generated secret, never with a configured one.
@@ -139,6 +142,8 @@ class GurukulServer:
         cancelled = await service.drain(self.config.drain_timeout)
         if cancelled:
             logger.warning("drain timeout: cancelled %d unfinished tasks", cancelled)
+        if self._owns_agents and self._agents is not None:
+            await self._agents.aclose()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

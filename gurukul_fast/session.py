@@ -159,6 +159,7 @@ class ConnectionState:
     principal: Principal
     limits: RateLimits
     batch: bool = False  # connected with ?batch=1
+    stream: bool = False  # connected with ?stream=1: gets partial agent text (agent_stream)
     joined: set[str] = field(default_factory=set)  # chats this connection receives
     allowed: set[str] = field(default_factory=set)  # chats whose access check passed
     refused_in_a_row: int = 0  # consecutive 429s, for the abuse close

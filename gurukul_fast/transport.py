@@ -271,7 +271,9 @@ class UpgradeRouter:
             return self._refuse(503, refusal)
         _normalise_connection_header(request)
         batch = params.get("batch", ["0"])[0] in ("1", "true")
-        return Connection(service, service.new_state(principal, batch), self._writer)
+        state = service.new_state(principal, batch)
+        state.stream = params.get("stream", ["0"])[0] in ("1", "true")
+        return Connection(service, state, self._writer)
 
     def _refuse(self, status: int, message: str) -> WSUpgradeResponseWithListener:
         self._service.metrics.http_rejections.labels(str(status)).inc()
