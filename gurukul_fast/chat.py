@@ -535,6 +535,8 @@ class ChatService:
         return message.seq if message is not None else -1
 
     def _join_room(self, client: Client, chat_id: str) -> None:
+        if client.conn_id not in self.clients:
+            return  # it disconnected while we awaited storage: nothing to join
         if self.rooms.join(chat_id, client):
             client.state.joined.add(chat_id)
             self.metrics.active_chats.set(self.rooms.active_chats)

@@ -234,7 +234,15 @@ def _validate(config: Config) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"invalid value for {name.upper()}: must be > 0")
-    for name in ("ping_interval", "connection_timeout", "typing_timeout", "drain_timeout"):
+    if config.abuse_close_after <= 0:
+        raise ConfigError("invalid value for ABUSE_CLOSE_AFTER: must be > 0")
+    for name in (
+        "ping_interval",
+        "ping_timeout",
+        "connection_timeout",
+        "typing_timeout",
+        "drain_timeout",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"invalid value for {name.upper()}: must be > 0 seconds")
     if (config.tls_cert is None) != (config.tls_key is None):

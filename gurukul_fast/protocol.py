@@ -171,7 +171,7 @@ def decode_client_frame(payload: bytes | str) -> ClientFrame | DecodeFailure:
         return _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         return _classify(payload, str(exc))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # pathological nesting is just bad JSON
         return DecodeFailure("Invalid JSON", 400)
 
 
@@ -179,7 +179,7 @@ def _classify(payload: bytes | str, detail: str) -> DecodeFailure:
     """Slow path: tell a wrong `type` from a wrong shape, with msgspec's path as detail."""
     try:
         envelope = msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return DecodeFailure("Invalid JSON", 400)
     if not isinstance(envelope, dict):
         return DecodeFailure("Invalid message format", 400, "expected a JSON object")

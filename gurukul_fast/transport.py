@@ -56,6 +56,7 @@ class Connection(WSListener):
         self._writer = writer
         self._transport: WSTransport | None = None
         self._outbox: list[bytes] | None = None  # frames queued this loop turn
+        self._queued = 0  # bytes in the outbox
         self._open = False
         self._write_cap = service.config.write_buffer_cap_bytes
         self._fragments: bytearray | None = None
@@ -96,9 +97,15 @@ class Connection(WSListener):
         outbox = self._outbox
         if outbox is None:
             self._outbox = [frame]
+            self._queued = len(frame)
             self._writer.mark(self)
         else:
             outbox.append(frame)
+            self._queued += len(frame)
+            if self._queued > self._write_cap:
+                # Do not hold more than the cap for the end of the turn: write now. What the
+                # kernel does not take lands in the transport, whose cap is pause_writing's.
+                self.flush()
 
     def flush(self) -> None:
         """Write the frames queued this loop turn in one call (one syscall when it fits)."""
@@ -136,6 +143,9 @@ class Connection(WSListener):
         self._service.disconnected(self)
 
     def pause_writing(self) -> None:
+        self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
         if self._open:
             self._service.metrics.slow_consumer_drops.inc()
             logger.info("closing a slow consumer (user %s)", self.user_id)
@@ -145,6 +155,9 @@ class Connection(WSListener):
         return None
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.payload_size > self._max_frame or transport.is_close_frame_sent:
+            # picows has sent 1009 (or we are closing) but still hands the frame over.
+            return
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
             if frame.fin:

@@ -389,10 +389,6 @@ async def test_unknown_type_is_400_unknown_message_type(tmp_path: Path) -> None:
         await assert_alive(alice)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: protocol._classify lets RecursionError out of decode_client_frame",
-)
 async def test_deeply_nested_json_is_a_bad_frame_not_a_disconnect(tmp_path: Path) -> None:
     async with run_server(tmp_path) as server, connect(server, "alice") as alice:
         await alice.send_raw("[" * 5000)  # 5 KB, well under MAX_FRAME_BYTES
@@ -472,11 +468,6 @@ async def test_frame_over_max_frame_bytes_closes_1009(tmp_path: Path) -> None:
         await eventually(lambda: len(server.service.clients) == 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: transport.Connection.on_ws_frame handles the oversized frame "
-    "that picows already refused with 1009",
-)
 async def test_frame_over_max_frame_bytes_is_not_processed(tmp_path: Path) -> None:
     async with (
         run_server(tmp_path, max_frame_bytes=1024) as server,
@@ -724,11 +715,6 @@ async def test_slow_consumer_is_closed_4008_and_released(tmp_path: Path) -> None
         await assert_alive(writer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: transport.Connection.deliver queues a whole loop turn of frames "
-    "in the outbox without checking write_buffer_cap_bytes",
-)
 async def test_slow_consumer_burst_in_one_loop_turn_is_capped(tmp_path: Path) -> None:
     # The memory backend answers without yielding: all the replies come in one loop turn.
     storage = MemoryStorage("memory:", StorageOptions())
@@ -815,11 +801,6 @@ class GatedStorage(FlakyStorage):
         return await self.inner.get_chat(chat_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: chat._join_room adds a connection that disconnected while its "
-    "access check was awaiting storage; it stays in the room for good",
-)
 async def test_client_gone_during_a_slow_access_check_leaves_no_room_behind(
     tmp_path: Path,
 ) -> None:

@@ -170,10 +170,6 @@ def test_unknown_types_are_reported_as_such(kind: str, data: Any) -> None:
     assert failure.message == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: protocol._classify lets RecursionError out of decode_client_frame",
-)
 @settings(max_examples=200, deadline=None)
 @given(
     depth=st.integers(min_value=1, max_value=4000),

@@ -255,10 +255,6 @@ def test_unknown_type_is_reported_before_data_shape() -> None:
 # ---------------------------------------------------------------- failures never raise
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: protocol._classify lets RecursionError out of decode_client_frame",
-)
 def test_deeply_nested_json_is_a_decode_failure_not_an_exception() -> None:
     # ~1 KiB of brackets: far below MAX_FRAME_BYTES, so any client can send it.
     for payload in (
