@@ -11,6 +11,8 @@ payload out as bytes and never keep the frame.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -283,6 +285,9 @@ class UpgradeRouter:
         if refusal is not None:
             return self._refuse(503, refusal)
         _normalise_connection_header(request)
+        if not _is_valid_upgrade(request):
+            # picows would refuse it too, but with its own exception text as the body.
+            return self._refuse(400, "Invalid WebSocket upgrade request")
         batch = params.get("batch", ["0"])[0] in ("1", "true")
         state = service.new_state(principal, batch)
         state.stream = params.get("stream", ["0"])[0] in ("1", "true")
@@ -340,6 +345,22 @@ def _normalise_connection_header(request: WSUpgradeRequest) -> None:
     tokens = {token.strip().lower() for token in value.split(",")}
     if "upgrade" in tokens and value.strip().lower() != "upgrade":
         request.headers["Connection"] = "Upgrade"
+
+
+def _is_valid_upgrade(request: WSUpgradeRequest) -> bool:
+    """RFC 6455 §4.2.1: Upgrade: websocket, Connection: Upgrade, version 13, a 16-byte key."""
+    headers = request.headers
+    if headers.get("Upgrade", "").lower() != "websocket":
+        return False
+    if headers.get("Connection", "").lower() != "upgrade":
+        return False
+    if headers.get("Sec-WebSocket-Version") not in ("13", "8", "7"):
+        return False
+    key = headers.get("Sec-WebSocket-Key", "")
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (UnicodeEncodeError, binascii.Error):
+        return False
 
 
 def _answer(answer: http.HttpAnswer) -> WSUpgradeResponseWithListener:

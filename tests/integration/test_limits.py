@@ -893,3 +893,11 @@ async def test_unknown_path_is_a_clean_404(tmp_path: Path) -> None:
         status, _, body = await http_get(server.port, "/etc/passwd?x=%zz")
         assert status == 404
         assert orjson.loads(body) == {"error": "Not found", "code": 404}
+
+
+async def test_upgrade_without_a_valid_key_is_a_clean_400(tmp_path: Path) -> None:
+    async with run_server(tmp_path) as server:
+        status, headers, body = await http_get(server.port, f"/ws?token={token('alice')}")
+        assert status == 400
+        assert headers["content-type"] == "application/json"
+        assert orjson.loads(body) == {"error": "Invalid WebSocket upgrade request", "code": 400}
