@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
-from gurukul_fast_postgres import SCHEMA_VERSION, PostgresStorage
 
 from gurukul_fast.storage import (
     NewMessage,
@@ -29,6 +28,7 @@ from gurukul_fast.storage import (
     StorageUnavailable,
     StoredMessage,
 )
+from gurukul_fast_postgres import SCHEMA_VERSION, PostgresStorage
 from tests.support.backends.postgresql import fresh_storage_url
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
+
 from gurukul_fast.storage.base import (
     ChatRecord,
     NewMessage,
@@ -29,13 +30,13 @@ from gurukul_fast.storage.base import (
     StorageUnavailable,
     StoredMessage,
 )
-
 from gurukul_fast_postgres.schema import UNKNOWN_CHAT_SQLSTATE, apply_migrations
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from asyncpg.pool import PoolConnectionProxy
+
     from gurukul_fast.storage.loader import StorageOptions
 
 __all__ = ["PostgresStorage"]
