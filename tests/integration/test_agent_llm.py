@@ -390,6 +390,7 @@ async def test_cancel_before_any_text_stores_nothing(tmp_path: Path) -> None:
         ):
             await alice.say("c1", "hello", "t1", agent_id="therapist")
             await alice.expect("typing", isTyping=True, userId="assistant")
+            await asyncio.wait_for(llm.received.wait(), 5 * UNIT)  # the model is thinking
             await alice.send("cancel", {"chatId": "c1"})
             await alice.expect("typing", isTyping=False, userId="assistant")
             await asyncio.wait_for(llm.aborted_event.wait(), 5 * UNIT)
@@ -432,6 +433,7 @@ async def test_one_reply_at_a_time_per_chat_later_messages_queue(tmp_path: Path)
             run_server(tmp_path, **llm_settings(llm)) as server,
             connect(server, "alice") as alice,
         ):
+            await alice.join("c1")  # the chat exists: messages are stored in send order
             for n in range(3):
                 await ask(alice, "c1", f"question {n}", f"t{n}")
             replies = [await reply_to(alice, f"t{n}") for n in range(3)]
@@ -452,6 +454,7 @@ async def test_per_chat_queue_is_bounded(tmp_path: Path) -> None:
         llm.default = lambda _body: Script(chunks=["slow"], first_delay=0.5)
         settings = llm_settings(llm, agent_queue_per_chat=1)
         async with run_server(tmp_path, **settings) as server, connect(server, "alice") as alice:
+            await alice.join("c1")  # the chat exists: messages are stored in send order
             for n in range(3):
                 await ask(alice, "c1", f"q{n}", f"t{n}")
             error = await alice.expect("error", messageId="t2")

@@ -61,6 +61,7 @@ class FakeLLM:
         self.aborted = 0
         self.aborted_event = asyncio.Event()
         self.first_chunk_sent = asyncio.Event()
+        self.received = asyncio.Event()  # a request arrived
         self.port = 0
 
     @property
@@ -74,6 +75,7 @@ class FakeLLM:
         body: dict[str, Any] = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        self.received.set()
         script = self.scripts.popleft() if self.scripts else self.default(body)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
