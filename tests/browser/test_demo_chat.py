@@ -202,17 +202,15 @@ async def test_zero_config_sign_in_and_talk_to_the_therapist(
     """The quick start: no JWT_SECRET, open the page, give a name, talk to the therapist."""
     async with serve(tmp_path, jwt_secret=None) as server:
         assert server.secret_generated
+        port = server.port
         page = DemoPage(await browser.new_page(), "asha")
         await page.page.goto(base_url(server))
-        await page.page.wait_for(
-            "!document.getElementById('dev-login').hidden", what="the name form"
-        )
+        await page.page.wait_for("!document.getElementById('dev-login').hidden", what="name form")
         await page.page.type_text("#dev-user", "asha")
         await page.page.click("#dev-login button[type=submit]")
         await page.wait_online()
-        assert "signed in as asha" in await page.page.evaluate(
-            "document.getElementById('whoami').textContent"
-        )
+        whoami = "document.getElementById('whoami').textContent"
+        assert "signed in as asha" in await page.page.evaluate(whoami)
         await page.page.click("#new-chat")
         await page.page.wait_for(
             "document.getElementById('chat-title').textContent === 'Chat with Therapist'",
@@ -221,7 +219,16 @@ async def test_zero_config_sign_in_and_talk_to_the_therapist(
         await page.send("I have been feeling stressed lately")
         replies = await page.wait_for_reply(1)
         assert replies[0]
-        assert page.page.errors == []
+
+    # The development secret is gone (data dir reset): the server generates a new one, the
+    # page's token is refused, and the page gets a new one by itself.
+    (tmp_path / "data" / "jwt-secret").unlink()
+    async with serve(tmp_path, jwt_secret=None, ws_port=port):
+        await page.wait_online(timeout=20.0)
+        await page.send("Still here")
+        await page.wait_for_reply(2)
+        assert "signed in as asha" in await page.page.evaluate(whoami)
+    assert page.page.errors == []
 
 
 async def test_configured_secret_offers_no_dev_tokens(tmp_path: Path, browser: Browser) -> None:
