@@ -19,7 +19,7 @@ import uvloop
 from gurukul_fast.auth import load_or_create_secret, mint_token
 from gurukul_fast.config import Config, ConfigError, load_config
 from gurukul_fast.logs import configure_logging
-from gurukul_fast.server import GurukulServer
+from gurukul_fast.server import GurukulServer, StartupError
 from gurukul_fast.storage import StorageUnavailable, UnknownStorageScheme, load_storage
 
 __all__ = ["main"]
@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return uvloop.run(_migrate(config))
     except (StorageUnavailable, UnknownStorageScheme) as exc:
         print(f"gurukul-fast: storage {config.storage_url.split('@')[-1]}: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"gurukul-fast: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

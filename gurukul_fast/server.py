@@ -23,7 +23,7 @@ from gurukul_fast.metrics import Metrics
 from gurukul_fast.storage import Storage, StorageOptions, StorageUnavailable, load_storage
 from gurukul_fast.transport import UpgradeRouter
 
-__all__ = ["GurukulServer"]
+__all__ = ["GurukulServer", "StartupError"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 # default would dominate the memory of an idle connection.
 READ_BUFFER_BYTES = 2048
 STORAGE_PROBE_INTERVAL_S = 5.0
+
+
+class StartupError(Exception):
+    """The server cannot start for a reason the operator can fix; the message says which."""
 
 
 class GurukulServer:
@@ -81,6 +85,7 @@ class GurukulServer:
             ),
         )
         self._storage = storage
+        tls = _tls_context(config)  # before anything is opened: a bad file fails fast
         await storage.open()
         metrics = Metrics()
         if self._agents is None:
@@ -94,27 +99,34 @@ class GurukulServer:
         self._router = UpgradeRouter(
             service, time.monotonic(), dev_token_secret=secret if self.secret_generated else None
         )
-        self._server = await ws_create_server(
-            self._router,
-            config.ws_host,
-            config.ws_port,
-            websocket_handshake_timeout=config.connection_timeout,
-            enable_auto_ping=True,
-            auto_ping_idle_timeout=config.ping_interval,
-            auto_ping_reply_timeout=config.ping_timeout,
-            auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
-            max_frame_size=config.max_frame_bytes,
-            read_buffer_init_size=READ_BUFFER_BYTES,
-            ssl=_tls_context(config),
-            logger_name="server",
-        )
+        try:
+            self._server = await ws_create_server(
+                self._router,
+                config.ws_host,
+                config.ws_port,
+                websocket_handshake_timeout=config.connection_timeout,
+                enable_auto_ping=True,
+                auto_ping_idle_timeout=config.ping_interval,
+                auto_ping_reply_timeout=config.ping_timeout,
+                auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
+                max_frame_size=config.max_frame_bytes,
+                read_buffer_init_size=READ_BUFFER_BYTES,
+                ssl=tls,
+                logger_name="server",
+            )
+        except OSError as exc:
+            await service.drain(0)
+            await storage.close()
+            where = f"{config.ws_host}:{config.ws_port}"
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._probe_storage()))
         if config.metrics_log_interval > 0:
             self._background.append(loop.create_task(self._log_metrics()))
         if self.secret_generated:
             logger.warning(
-                "JWT_SECRET is not set: using a generated secret kept in %s. "
+                "JWT_SECRET is not set: using a generated secret kept in %s, and anyone "
+                "who can reach this port can mint tokens at /dev/token. "
                 "Set JWT_SECRET in production.",
                 config.secret_file,
             )
@@ -187,5 +199,9 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     if not config.tls_cert or not config.tls_key:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartupError(f"TLS_CERT/TLS_KEY cannot be loaded: {reason}") from None
     return context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,27 @@ async def test_zero_config_serve_and_token_agree(tmp_path: Path) -> None:
             await ws.send(frame("ping", {"timestamp": 1}))
             pong = orjson.loads(await asyncio.wait_for(ws.recv(), 5 * UNIT))
             assert pong["type"] == "pong"
+
+
+def test_missing_tls_file_is_one_line(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        cwd=tmp_path,
+        WS_PORT="0",
+        TLS_CERT=str(tmp_path / "no.pem"),
+        TLS_KEY=str(tmp_path / "no.key"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "gurukul-fast: TLS_CERT/TLS_KEY cannot be loaded: No such file or directory"
+    )
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", cwd=tmp_path, WS_HOST="127.0.0.1", WS_PORT=str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"gurukul-fast: cannot listen on 127.0.0.1:{port}")
