@@ -125,6 +125,7 @@ class ChatService:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[StoredMessage]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_conn_id = 0
+        self._access_checks: dict[tuple[int, str], asyncio.Future[None]] = {}
         self.replies = AgentReplies(config, storage, self, metrics, self._spawn)
 
     # ------------------------------------------------------------------ lifecycle
@@ -581,12 +582,40 @@ class ChatService:
     ) -> _ChatInfo:
         """Return the chat if the user may use it; create it for its first user if allowed.
 
-        Costs nothing once the connection passed the check for this chat (cached).
+        Costs nothing once the connection passed the check for this chat (cached). While a
+        check is in flight, later frames of the same connection for the same chat wait for
+        it and resume in arrival order, so a burst of sends to a new chat is stored in the
+        order it was sent.
         """
         state = client.state
         info = self._chats.get(chat_id)
         if chat_id in state.allowed and info is not None:
             return info
+        key = (client.conn_id, chat_id)
+        earlier = self._access_checks.get(key)
+        if earlier is not None:
+            await asyncio.shield(earlier)
+            info = self._chats.get(chat_id)
+            if chat_id in state.allowed and info is not None:
+                return info
+        check: asyncio.Future[None] = self._loop.create_future()
+        self._access_checks[key] = check
+        try:
+            return await self._check_access(client, chat_id, create, agent_id, title)
+        finally:
+            if self._access_checks.get(key) is check:
+                del self._access_checks[key]
+            check.set_result(None)
+
+    async def _check_access(
+        self,
+        client: Client,
+        chat_id: str,
+        create: bool,
+        agent_id: str | None,
+        title: str | None,
+    ) -> _ChatInfo:
+        state = client.state
         user_id = client.user_id
         record = await self.storage.get_chat(chat_id)
         if record is None:

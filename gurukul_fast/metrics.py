@@ -20,6 +20,8 @@ _FRAME_TYPES = (
     "history",
     "cancel",
     "pong",
+    "agent_stream",
+    "batch",
     "error",
     "invalid",
 )

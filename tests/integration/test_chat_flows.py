@@ -332,3 +332,18 @@ async def test_200_clients_in_20_chats_get_every_message_once_in_order(
             assert len({mid for _, mid in first}) == expected  # exactly once
             for view in views[1:]:
                 assert view == first  # same order everywhere
+
+
+async def test_burst_to_a_new_chat_is_stored_in_send_order(tmp_path: Path) -> None:
+    """No join first: the access check of the first message is in flight while the rest
+    arrive; they must still be stored in the order they were sent."""
+    async with run_server(tmp_path) as server, connect(server, "alice") as alice:
+        for n in range(20):
+            await alice.send(
+                "message", {"chatId": "fresh", "content": f"m{n}", "messageId": f"t{n}"}
+            )
+        seqs = {}
+        while len(seqs) < 20:
+            echo = await alice.expect("message", chatId="fresh")
+            seqs[echo["data"]["messageId"]] = echo["data"]["message"]["seq"]
+        assert [seqs[f"t{n}"] for n in range(20)] == list(range(1, 21))
