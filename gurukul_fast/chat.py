@@ -23,10 +23,13 @@ import msgspec
 from gurukul_fast import protocol as p
 from gurukul_fast.agents import AgentRegistry
 from gurukul_fast.auth import AuthError, Principal, TokenVerifier
+from gurukul_fast.broker import Broker
+from gurukul_fast.cluster import ClusterStore, ClusterStoreUnavailable
 from gurukul_fast.config import Config
 from gurukul_fast.flusher import BatchFlusher
 from gurukul_fast.framing import text_frame
 from gurukul_fast.metrics import Metrics
+from gurukul_fast.ordering import ChatOrder
 from gurukul_fast.replies import AgentReplies
 from gurukul_fast.rooms import Peer, RoomEvent, RoomTable
 from gurukul_fast.session import (
@@ -52,6 +55,9 @@ from gurukul_fast.wire import ASSISTANT, iso_utc, new_message_id, now_ms, to_wir
 
 __all__ = ["ChatService", "Client", "CloseCode"]
 
+BROKER_SETTLE_S = 2.0  # a join waits at most this long for its subscription to be confirmed
+GAP_WAIT_S = 0.15  # a missing message seq is waited for this long, then read from storage
+
 logger = logging.getLogger(__name__)
 
 
@@ -62,6 +68,7 @@ class CloseCode:
     POLICY_VIOLATION = 1008  # auth expired or failed, persistent abuse: do not retry as is
     MESSAGE_TOO_BIG = 1009  # frame over MAX_FRAME_BYTES
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # over a cluster-wide limit right now
     SLOW_CONSUMER = 4008  # client stopped reading; reconnect and recover with lastMessageId
 
 
@@ -100,6 +107,9 @@ class ChatService:
         agents: AgentRegistry,
         verifier: TokenVerifier,
         metrics: Metrics,
+        *,
+        broker: Broker | None = None,
+        cluster: ClusterStore | None = None,
     ) -> None:
         self.config = config
         self.storage = storage
@@ -127,6 +137,12 @@ class ChatService:
         self._next_conn_id = 0
         self._access_checks: dict[tuple[int, str], asyncio.Future[None]] = {}
         self.replies = AgentReplies(config, storage, self, metrics, self._spawn)
+        # Several nodes: events cross through the broker and message events are put in
+        # seq order per chat; limits and presence are counted cluster-wide.
+        self.broker = broker
+        self.cluster = cluster
+        self._order = ChatOrder() if broker is not None else None
+        self._gap_timers: dict[str, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,6 +187,13 @@ class ChatService:
         return None
 
     @property
+    def broker_ok(self) -> bool | None:
+        """None on a single node; else whether the broker and cluster store are reachable."""
+        if self.broker is None:
+            return None
+        return self.broker.healthy and (self.cluster is None or self.cluster.healthy)
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
@@ -185,7 +208,9 @@ class ChatService:
         self.clients[client.conn_id] = client
         self.metrics.connections.set(len(self.clients))
         self._schedule_token_expiry(client)
-        if self.users.connection_count(client.user_id) == 1:
+        if self.cluster is not None:
+            self._spawn(self._cluster_connected(client))
+        elif self.users.connection_count(client.user_id) == 1:
             self._spawn(self._set_online(client.user_id, True))
 
     def disconnected(self, client: Client) -> None:
@@ -198,7 +223,10 @@ class ChatService:
         handle = self._token_expiry.pop(client.conn_id, None)
         if handle is not None:
             handle.cancel()
-        if self.users.detach(client.user_id):
+        last_here = self.users.detach(client.user_id)
+        if self.cluster is not None:
+            self._spawn(self._cluster_disconnected(client))
+        elif last_here:
             self._spawn(self._set_online(client.user_id, False))
         self.metrics.connections.set(len(self.clients))
         self.metrics.active_chats.set(self.rooms.active_chats)
@@ -268,6 +296,8 @@ class ChatService:
 
     def _limit(self, client: Client, kind: RateKind, message_id: str | None = None) -> None:
         wait = client.state.check_rate(kind, time.monotonic(), self.config.abuse_close_after)
+        if wait == 0.0 and self.cluster is not None and kind is not RateKind.MESSAGE:
+            wait = self._cluster_rate(client, kind)
         if wait > 0.0:
             self.send_error(
                 client,
@@ -303,8 +333,10 @@ class ChatService:
         agent_id: str | None,
         temp_id: str | None,
     ) -> None:
+        if self.cluster is not None:
+            await self._check_cluster_message_rate(client)
         info = await self._ensure_access(client, chat_id, create=True, agent_id=agent_id)
-        self._join_room(client, chat_id)
+        self._join_room(client, chat_id, info)
         agent = self.agents.get(agent_id) if agent_id else None
         stored = await self._append_idempotent(
             NewMessage(
@@ -326,7 +358,7 @@ class ChatService:
             self._send(client, event, "message")
             return
         self.metrics.messages_stored.inc()
-        self._publish(chat_id, event, "message")
+        self._publish(chat_id, event, "message", message_seq=stored.seq)
         self._publish_summary(info, stored)
         if agent_id is None:
             return
@@ -381,10 +413,12 @@ class ChatService:
         """Store one message through the group committer (agent replies use this)."""
         return await self._append(message)
 
-    def publish_event(self, chat_id: str, frame: bytes, kind: str, *, lossy: bool = False) -> None:
+    def publish_event(
+        self, chat_id: str, frame: bytes, kind: str, *, lossy: bool = False, message_seq: int = 0
+    ) -> None:
         # The agent's typing state, like a user's, keeps only its latest value in a batch.
         key = f"typing:{ASSISTANT}" if kind == "typing" else None
-        self._publish(chat_id, frame, kind, lossy=lossy, coalesce_key=key)
+        self._publish(chat_id, frame, kind, lossy=lossy, coalesce_key=key, message_seq=message_seq)
 
     def publish_stream(self, chat_id: str, payload: bytes) -> int:
         """Partial agent text, only to the members that connected with `?stream=1`.
@@ -497,7 +531,10 @@ class ChatService:
         info = await self._ensure_access(
             client, chat_id, create=True, agent_id=data.agent_id, title=data.title
         )
-        self._join_room(client, chat_id)
+        self._join_room(client, chat_id, info)
+        if self.broker is not None:
+            # Subscribed before history is read: no message falls between the two.
+            await self.broker.settle(BROKER_SETTLE_S)
         page = self.config.history_page_size
         messages: list[StoredMessage] = []
         has_more = False
@@ -535,12 +572,17 @@ class ChatService:
         message = await self.storage.get_message(chat_id, data.last_message_id)
         return message.seq if message is not None else -1
 
-    def _join_room(self, client: Client, chat_id: str) -> None:
+    def _join_room(self, client: Client, chat_id: str, info: _ChatInfo) -> None:
         if client.conn_id not in self.clients:
             return  # it disconnected while we awaited storage: nothing to join
         if self.rooms.join(chat_id, client):
             client.state.joined.add(chat_id)
             self.metrics.active_chats.set(self.rooms.active_chats)
+            if self.broker is not None and len(self.rooms.members(chat_id)) == 1:
+                # The first local member: this node starts receiving the chat.
+                self.broker.subscribe(chat_id)
+                if self._order is not None:
+                    self._order.track(chat_id, info.message_count)
 
     def _leave(self, client: Client, chat_id: str) -> None:
         client.state.joined.discard(chat_id)
@@ -556,6 +598,13 @@ class ChatService:
             self._expire_typing(user_id, chat_id)
         if not self.rooms.members(chat_id):
             self._chats.pop(chat_id, None)
+            if self.broker is not None:
+                self.broker.unsubscribe(chat_id)
+            if self._order is not None:
+                self._order.forget(chat_id)
+            timer = self._gap_timers.pop(chat_id, None)
+            if timer is not None:
+                timer.cancel()
         self.metrics.active_chats.set(self.rooms.active_chats)
 
     async def _history(self, client: Client, chat_id: str, data: p.HistoryData) -> None:
@@ -666,6 +715,125 @@ class ChatService:
             self.send_error(client, "Token expired", 401)
             client.close(CloseCode.POLICY_VIOLATION, "Token expired")
 
+    # ------------------------------------------------------------------ several nodes
+
+    def _fill_gap_soon(self, chat_id: str) -> None:
+        self._gap_timers.pop(chat_id, None)
+        self._spawn(self._fill_gap(chat_id))
+
+    async def _fill_gap(self, chat_id: str) -> None:
+        """A message seq went missing for GAP_WAIT_S: read it from storage and move on."""
+        if self._order is None:
+            return
+        after = self._order.waiting_after(chat_id)
+        if after is None:
+            return
+        try:
+            rows = await self.storage.messages_after(
+                chat_id, after, self.config.max_recovery_messages
+            )
+        except StorageUnavailable:
+            rows = []  # release what is held; clients recover the rest by history
+        for item in self._order.fill(chat_id, [self._message_event(row) for row in rows]):
+            delivered = self.rooms.publish(item)
+            if delivered:
+                self.metrics.frames_out[item.kind].inc(delivered)
+
+    def resync_chats(self, chat_ids: frozenset[str]) -> None:
+        """The broker lost events of these chats (reconnect, overflow): catch up from storage."""
+        if self._order is None:
+            return
+        for chat_id in chat_ids:
+            if self.rooms.members(chat_id):
+                self._spawn(self._resync(chat_id))
+
+    async def _resync(self, chat_id: str) -> None:
+        assert self._order is not None
+        rows = await self.storage.messages_after(
+            chat_id, self._order.position(chat_id), self.config.max_recovery_messages
+        )
+        for row in rows:
+            self._deliver_local(self._message_event(row))
+
+    def _message_event(self, stored: StoredMessage) -> RoomEvent:
+        """The `message` event of a stored message (for messages read back from storage)."""
+        temp_id = stored.client_message_id if stored.role == "user" else None
+        payload = p.encode(
+            p.MessageEvent(p.MessageEventData(stored.chat_id, to_wire(stored), temp_id), now_ms())
+        )
+        return RoomEvent(stored.chat_id, payload, "message", message_seq=stored.seq)
+
+    async def _cluster_connected(self, client: Client) -> None:
+        """Cluster-wide per-user cap and presence for a new connection."""
+        assert self.cluster is not None
+        user_id = client.user_id
+        try:
+            allowed = await self.cluster.try_acquire(
+                user_id, str(client.conn_id), self.config.max_connections_per_user
+            )
+            if not allowed:
+                self.send_error(client, "Too many connections for this user", 503)
+                client.close(CloseCode.TRY_AGAIN_LATER, "Too many connections")
+                return
+            if await self.cluster.connection_opened(user_id):
+                await self._set_online(user_id, True)
+        except ClusterStoreUnavailable:
+            logger.debug("cluster store unavailable: node-local limits only")
+
+    async def _cluster_disconnected(self, client: Client) -> None:
+        assert self.cluster is not None
+        try:
+            await self.cluster.release(client.user_id, str(client.conn_id))
+            await self.cluster.connection_closed(client.user_id)
+        except ClusterStoreUnavailable:
+            logger.debug("cluster store unavailable: presence update deferred")
+
+    def on_presence(self, user_id: str, online: bool) -> None:
+        """Cluster store callback: a user went offline (or back online) cluster-wide."""
+        self._spawn(self._set_online(user_id, online))
+
+    def _cluster_rate(self, client: Client, kind: RateKind) -> float:
+        """The cluster-wide budget: answered from leased tokens; refilled in the background."""
+        assert self.cluster is not None
+        limit = self._rate_limit_of(kind)
+        wait = self.cluster.check_rate_cached(client.user_id, kind.value, limit)
+        if wait is None:
+            # No lease on this node yet: the node-local bucket already allowed this one;
+            # fetch a lease so the next frames are counted cluster-wide.
+            self._spawn(self._lease_rate(client.user_id, kind.value, limit))
+            return 0.0
+        return wait
+
+    async def _check_cluster_message_rate(self, client: Client) -> None:
+        """Messages are counted cluster-wide before they are stored (raises InputError 429)."""
+        assert self.cluster is not None
+        limit = self.config.message_rate_limit
+        kind = RateKind.MESSAGE.value
+        wait = self.cluster.check_rate_cached(client.user_id, kind, limit)
+        if wait is None:
+            try:
+                wait = await self.cluster.check_rate(client.user_id, kind, limit)
+            except ClusterStoreUnavailable:
+                wait = 0.0  # the node-local bucket already allowed it
+        if wait > 0.0:
+            raise RateLimited(wait)
+
+    async def _lease_rate(self, user_id: str, kind: str, limit: int) -> None:
+        assert self.cluster is not None
+        try:
+            await self.cluster.check_rate(user_id, kind, limit)
+        except ClusterStoreUnavailable:
+            return
+
+    def _rate_limit_of(self, kind: RateKind) -> int:
+        config = self.config
+        return {
+            RateKind.MESSAGE: config.message_rate_limit,
+            RateKind.TYPING: config.typing_rate_limit,
+            RateKind.RECEIPT: config.receipt_rate_limit,
+            RateKind.CONTROL: config.control_rate_limit,
+        }[kind]
+
     # ------------------------------------------------------------------ presence
 
     async def _set_online(self, user_id: str, online: bool) -> None:
@@ -710,14 +878,42 @@ class ChatService:
         lossy: bool = False,
         coalesce_key: str | None = None,
         receipt: tuple[str, tuple[str, ...]] | None = None,
+        message_seq: int = 0,
     ) -> None:
-        """Every event for a chat goes out here (the seam a broker will sit behind)."""
+        """Every event for a chat goes out here: to the local members and, with several
+        nodes, through the broker to the nodes that have members of the chat."""
         event = RoomEvent(
-            chat_id, payload, kind, exclude, exclude_user, lossy, coalesce_key, receipt
+            chat_id,
+            payload,
+            kind,
+            exclude,
+            exclude_user,
+            lossy,
+            coalesce_key,
+            receipt,
+            message_seq,
         )
-        delivered = self.rooms.publish(event)
-        if delivered:
-            self.metrics.frames_out[kind].inc(delivered)
+        if self.broker is not None:
+            self.broker.publish(event)
+        self._deliver_local(event)
+
+    def deliver_remote(self, event: RoomEvent) -> None:
+        """An event another node published for a chat with members here (broker callback)."""
+        self._deliver_local(event)
+
+    def _deliver_local(self, event: RoomEvent) -> None:
+        if self._order is None or not event.message_seq:
+            ready: list[RoomEvent] = [event]
+        else:
+            ready, waiting = self._order.admit(event)
+            if waiting and event.chat_id not in self._gap_timers:
+                self._gap_timers[event.chat_id] = self._loop.call_later(
+                    GAP_WAIT_S, self._fill_gap_soon, event.chat_id
+                )
+        for item in ready:
+            delivered = self.rooms.publish(item)
+            if delivered:
+                self.metrics.frames_out[item.kind].inc(delivered)
 
     def _chat_update_frame(
         self,
@@ -756,6 +952,14 @@ class ChatService:
         """Run a frame's async part; turn expected failures into error frames."""
         try:
             await work
+        except RateLimited as exc:
+            self.send_error(
+                client,
+                exc.message,
+                429,
+                message_id=message_id,
+                retry_after=round(exc.retry_after, 3),
+            )
         except InputError as exc:
             self.send_error(client, exc.message, exc.code, message_id=message_id)
         except StorageUnavailable:
@@ -766,6 +970,14 @@ class ChatService:
         except Exception:
             logger.exception("frame task failed")
             self.send_error(client, "Internal error", 500, message_id=message_id)
+
+
+class RateLimited(InputError):
+    """Over a rate limit found after the frame was accepted (cluster-wide budgets)."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("Rate limit exceeded", 429)
+        self.retry_after = retry_after
 
 
 class _Handled(InputError):

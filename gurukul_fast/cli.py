@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import uvloop
 
 from gurukul_fast.auth import load_or_create_secret, mint_token
@@ -21,6 +22,7 @@ from gurukul_fast.config import Config, ConfigError, load_config
 from gurukul_fast.logs import configure_logging
 from gurukul_fast.server import GurukulServer, StartupError
 from gurukul_fast.storage import StorageUnavailable, UnknownStorageScheme, load_storage
+from gurukul_fast.supervisor import reserve_port, run_workers
 
 __all__ = ["main"]
 
@@ -50,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", dest="tls_key")
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument("--log-format", dest="log_format", choices=("text", "json"))
+    serve.add_argument("--workers", dest="workers", help="processes sharing the port")
+    serve.add_argument("--broker-url", dest="broker_url", help="redis://… or nats://…")
 
     token = commands.add_parser("token", help="mint a token with the server's secret")
     token.add_argument("user", help="the user id (the token's sub)")
@@ -73,6 +77,8 @@ _SETTINGS = (
     "tls_key",
     "log_level",
     "log_format",
+    "workers",
+    "broker_url",
 )
 
 
@@ -87,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, config.log_format)
     try:
         if args.command == "serve":
+            if config.workers > 1:
+                return _serve_workers(config)
             return uvloop.run(_serve(config))
         if args.command == "token":
             return _token(config, args.user, args.chats, args.ttl)
@@ -99,6 +107,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _serve_workers(config: Config) -> int:
+    """`serve` with WORKERS > 1: N processes on one port, supervised.
+
+    What must happen once happens here, before the fork: the generated secret (workers
+    would race to create it), the migrations, and resolving the port (port 0 included).
+    """
+    load_or_create_secret(config)
+    uvloop.run(_migrate(config, quiet=True))
+    reserved = reserve_port(config.ws_host, config.ws_port)
+    worker_config = msgspec.structs.replace(config, ws_port=reserved.getsockname()[1])
+    try:
+        return run_workers(
+            config.workers,
+            lambda: _serve_worker(worker_config),
+            drain_timeout_s=config.drain_timeout + 5.0,
+        )
+    finally:
+        reserved.close()
+
+
+def _serve_worker(config: Config) -> int:
+    """One worker process: exit status 2 (fatal: not restarted) for a start-up error."""
+    try:
+        return uvloop.run(_serve(config))
+    except (StorageUnavailable, UnknownStorageScheme, StartupError) as exc:
+        print(f"gurukul-fast: worker: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _serve(config: Config) -> int:
@@ -135,14 +172,15 @@ def _token(config: Config, user: str, chats: str, ttl_s: float) -> int:
     return 0
 
 
-async def _migrate(config: Config) -> int:
+async def _migrate(config: Config, *, quiet: bool = False) -> int:
     storage = load_storage(config.storage_url)
     await storage.open()
     try:
         version = await storage.migrate()
     finally:
         await storage.close()
-    print(f"schema version {version} ({storage.url})")
+    if not quiet:
+        print(f"schema version {version} ({storage.url})")
     return 0
 
 

@@ -68,7 +68,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     # storage and fan-out
     storage_url: str = "sqlite:///./gurukul-data/gurukul.db"
     data_dir: str = "./gurukul-data"  # generated secret and default database live here
-    broker_url: str = "memory:"
+    broker_url: str = "memory:"  # redis://… or nats://… to share chats between nodes
+    cluster_store_url: str | None = None  # limits and presence; default: BROKER_URL if redis
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); >1 needs a network broker
     storage_pool_size: int = 10  # connections at most, network backends
     commit_window_ms: float = 2.0  # group commit: wait this long for more messages
     commit_max_batch: int = 512  # group commit: messages per transaction at most
@@ -245,6 +247,12 @@ def _validate(config: Config) -> None:
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"invalid value for {name.upper()}: must be > 0 seconds")
+    if config.workers < 1:
+        raise ConfigError("invalid value for WORKERS: must be >= 1")
+    if config.workers > 1 and config.broker_url.split(":", 1)[0].lower() == "memory":
+        raise ConfigError(
+            "WORKERS > 1 needs a network broker: set BROKER_URL=redis://… or nats://…"
+        )
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("TLS_CERT and TLS_KEY must be set together")
     if config.log_format not in ("text", "json"):

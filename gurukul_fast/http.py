@@ -51,22 +51,31 @@ def json_error(status: int, message: str) -> HttpAnswer:
 
 
 def health(
-    *, draining: bool, storage_ok: bool, connections: int, active_chats: int, uptime_s: float
+    *,
+    draining: bool,
+    storage_ok: bool,
+    connections: int,
+    active_chats: int,
+    uptime_s: float,
+    broker_ok: bool | None = None,
 ) -> HttpAnswer:
-    """GET /ws/health: SPEC's fields plus storage reachability; 503 while draining."""
+    """GET /ws/health: SPEC's fields plus storage (and broker) reachability; 503 while
+    draining. `broker_ok` is None on a single node (no broker to report)."""
     if draining:
         status_text, status = "draining", 503
-    elif not storage_ok:
+    elif not storage_ok or broker_ok is False:
         status_text, status = "degraded", 200
     else:
         status_text, status = "healthy", 200
-    body = {
+    body: dict[str, object] = {
         "status": status_text,
         "connections": connections,
         "activeChats": active_chats,
         "uptime": round(uptime_s, 3),
         "storage": "ok" if storage_ok else "unavailable",
     }
+    if broker_ok is not None:
+        body["broker"] = "ok" if broker_ok else "unavailable"
     return HttpAnswer(status, "application/json", orjson.dumps(body))
 
 

@@ -74,7 +74,9 @@ class ReplyHost(Protocol):
         """Store through the group committer."""
         ...
 
-    def publish_event(self, chat_id: str, frame: bytes, kind: str, *, lossy: bool = False) -> None:
+    def publish_event(
+        self, chat_id: str, frame: bytes, kind: str, *, lossy: bool = False, message_seq: int = 0
+    ) -> None:
         """Send to every member of the chat."""
         ...
 
@@ -454,7 +456,12 @@ class AgentReplies:
                 continue
             self._metrics.messages_stored.inc()
             data = p.MessageEventData(chat_id, to_wire(record), job.temp_id)
-            host.publish_event(chat_id, p.encode(p.MessageEvent(data, now_ms())), "message")
+            host.publish_event(
+                chat_id,
+                p.encode(p.MessageEvent(data, now_ms())),
+                "message",
+                message_seq=record.seq,
+            )
             last = record
         if last is not None:
             self._metrics.agent_replies.inc()

@@ -55,6 +55,8 @@ class RoomEvent(msgspec.Struct, frozen=True, gc=False):
     coalesce_key: str | None = None
     # Read receipts in one batch are merged per reader: (reader, message ids).
     receipt: tuple[str, tuple[str, ...]] | None = None
+    # For `message` events: the message's per-chat seq, so nodes deliver in seq order.
+    message_seq: int = 0
 
     def excludes(self, peer: Peer) -> bool:
         return peer.conn_id == self.exclude_conn or peer.user_id == self.exclude_user

@@ -17,7 +17,9 @@ from picows import WSAutoPingStrategy, ws_create_server
 
 from gurukul_fast.agents import AgentRegistry, build_registry
 from gurukul_fast.auth import TokenVerifier, load_or_create_secret
+from gurukul_fast.broker import Broker, BrokerUnavailable, broker_scheme, load_broker
 from gurukul_fast.chat import ChatService, CloseCode
+from gurukul_fast.cluster import ClusterStore, ClusterStoreUnavailable, load_cluster_store
 from gurukul_fast.config import Config
 from gurukul_fast.metrics import Metrics
 from gurukul_fast.storage import Storage, StorageOptions, StorageUnavailable, load_storage
@@ -57,6 +59,8 @@ class GurukulServer:
         self._background: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.secret_generated = False
+        self._broker: Broker | None = None
+        self._cluster: ClusterStore | None = None
 
     @property
     def service(self) -> ChatService:
@@ -92,9 +96,26 @@ class GurukulServer:
             # From config: the built-in personas, AGENT_PROVIDER, the [[agents]] tables.
             self._agents = build_registry(config)
             self._owns_agents = True
-        service = ChatService(config, storage, self._agents, verifier, metrics)
+        try:
+            broker, cluster = _cluster_parts(config)
+        except ValueError as exc:  # an unknown BROKER_URL or CLUSTER_STORE_URL scheme
+            await storage.close()
+            raise StartupError(str(exc)) from None
+        self._broker, self._cluster = broker, cluster
+        service = ChatService(
+            config, storage, self._agents, verifier, metrics, broker=broker, cluster=cluster
+        )
         service.start()
         self._service = service
+        try:
+            if broker is not None:
+                await broker.start(service.deliver_remote, service.resync_chats)
+            if cluster is not None:
+                await cluster.start(service.on_presence)
+        except (BrokerUnavailable, ClusterStoreUnavailable) as exc:
+            await service.drain(0)
+            await storage.close()
+            raise StartupError(f"broker {_safe_url(config.broker_url)}: {exc}") from None
         # /dev/token exists only with a generated secret, never with a configured one.
         self._router = UpgradeRouter(
             service, time.monotonic(), dev_token_secret=secret if self.secret_generated else None
@@ -113,6 +134,7 @@ class GurukulServer:
                 read_buffer_init_size=READ_BUFFER_BYTES,
                 ssl=tls,
                 logger_name="server",
+                reuse_port=True if config.workers > 1 else None,
             )
         except OSError as exc:
             await service.drain(0)
@@ -159,6 +181,11 @@ class GurukulServer:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        # The cluster store reports this node's users offline: storage must still be open.
+        if self._cluster is not None:
+            await self._cluster.close()
+        if self._broker is not None:
+            await self._broker.close()
         if self._storage is not None:
             await self._storage.close()
         logger.info("stopped")
@@ -193,6 +220,25 @@ class GurukulServer:
                 errors,
             )
             last = stored
+
+
+def _cluster_parts(config: Config) -> tuple[Broker | None, ClusterStore | None]:
+    """The broker and cluster store for several nodes, or (None, None) for one process."""
+    if broker_scheme(config.broker_url) == "memory":
+        return None, None
+    broker = load_broker(config.broker_url)
+    store_url = config.cluster_store_url
+    if store_url is None:
+        # Redis carries both; with NATS, limits and presence stay node-local by default.
+        redis = broker_scheme(config.broker_url) in ("redis", "rediss", "unix")
+        store_url = config.broker_url if redis else "memory:"
+    return broker, load_cluster_store(store_url, node_id=broker.node_id)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, for messages."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}"
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:

@@ -327,6 +327,7 @@ class UpgradeRouter:
         return http.health(
             draining=self.draining,
             storage_ok=service.storage_ok,
+            broker_ok=service.broker_ok,
             connections=len(service.clients),
             active_chats=service.rooms.active_chats,
             uptime_s=time.monotonic() - self._started_at,

@@ -42,11 +42,21 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, gc=False):
     coalesce_key: str | None = None
     receipt: tuple[str, tuple[str, ...]] | None = None
     flags: int = 0
+    message_seq: int = 0
 
 
 # RoomEvent fields the envelope carries under the same name; `exclude_conn` is dropped on
 # purpose. tests/unit/test_broker_wire.py fails when RoomEvent gains a field not listed.
-CARRIED_FIELDS = ("chat_id", "payload", "kind", "exclude_user", "lossy", "coalesce_key", "receipt")
+CARRIED_FIELDS = (
+    "chat_id",
+    "payload",
+    "kind",
+    "exclude_user",
+    "lossy",
+    "coalesce_key",
+    "receipt",
+    "message_seq",
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
@@ -65,6 +75,7 @@ def encode_event(origin: str, seq: int, event: RoomEvent) -> bytes:
             event.lossy,
             event.coalesce_key,
             event.receipt,
+            message_seq=event.message_seq,
         )
     )
 
@@ -133,6 +144,7 @@ class Inbound:
             envelope.lossy,
             envelope.coalesce_key,
             envelope.receipt,
+            envelope.message_seq,
         )
         self._stats.received += 1
         try:
