@@ -28,14 +28,14 @@ UNIT = float(os.environ.get("GURUKUL_TEST_TIME_UNIT", "1.0"))
 SECRET = "test-secret-with-enough-bytes-for-hs256-0123456789"
 
 
-def test_backend() -> str:
+def backend_under_test() -> str:
     return os.environ.get("GURUKUL_TEST_STORAGE", "memory")
 
 
 @contextlib.asynccontextmanager
 async def storage_url_for_test(tmp_path: Path) -> AsyncIterator[str]:
     """A URL of a fresh database of the backend under test."""
-    module = importlib.import_module(f"tests.support.backends.{test_backend()}")
+    module = importlib.import_module(f"tests.support.backends.{backend_under_test()}")
     async with module.fresh_storage_url(tmp_path) as url:
         yield url
 
