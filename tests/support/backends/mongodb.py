@@ -27,9 +27,14 @@ if TYPE_CHECKING:
 __all__ = ["fresh_storage", "fresh_storage_url", "shared_server"]
 
 CLEANUP_TIMEOUT_MS = 30_000
-# mongoeco checks unique indexes by scanning: one insert of 500 messages takes ~10 s there,
-# so test URLs carry a longer per-call budget than the server's 5 s default.
-TEST_TIMEOUT_MS = 60_000
+# Options every test URL carries (URL options win over the storage's defaults):
+# - timeoutMS: mongoeco checks unique indexes by scanning, so one insert of 500 messages
+#   takes ~10 s there; the tests get a longer per-call budget than the server's 5 s default.
+# - minPoolSize=0: pymongo 4.x leaks a socket when a task creating a connection is cancelled
+#   mid-connect (pool_shared._async_create_connection closes it only on OSError/timeout),
+#   which `close()` does to the background task keeping minPoolSize connections; the leak's
+#   ResourceWarning would fail whichever test happens to run at the next garbage collection.
+TEST_URL_OPTIONS = {"timeoutMS": "60000", "minPoolSize": "0"}
 
 _server: MongoecoServer | None = None
 
@@ -52,7 +57,7 @@ async def fresh_storage_url(tmp_path: pathlib.Path) -> AsyncIterator[str]:
     server = await asyncio.to_thread(shared_server)
     name = f"gf_test_{secrets.token_hex(6)}"
     try:
-        yield server.url(name, timeoutMS=str(TEST_TIMEOUT_MS))
+        yield server.url(name, **TEST_URL_OPTIONS)
     finally:
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
             server.url(), timeoutMS=CLEANUP_TIMEOUT_MS
