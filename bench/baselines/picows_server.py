@@ -6,7 +6,7 @@ generator needs: JWT in the query (checked before the upgrade), join → `chat_u
 storage, no rate limits, no metrics, no batching. A gurukul-fast figure divided by this
 one is the cost of the product's features.
 
-    python -m bench.baselines.picows_server PORT [--ping-interval SECONDS]
+    python -m bench.baselines.picows_server PORT [--ping-interval SECONDS (0: no pings)]
 """
 
 from __future__ import annotations
@@ -193,9 +193,9 @@ async def serve(port: int, secret: str, ping_interval_s: float) -> None:
         route,
         "127.0.0.1",
         port,
-        enable_auto_ping=True,
-        auto_ping_idle_timeout=ping_interval_s,
-        auto_ping_reply_timeout=ping_interval_s,
+        enable_auto_ping=ping_interval_s > 0,  # 0: off, to measure what pings cost
+        auto_ping_idle_timeout=max(ping_interval_s, 1.0),
+        auto_ping_reply_timeout=max(ping_interval_s, 1.0),
         # The same initial buffer as gurukul-fast, so idle memory compares like for like.
         read_buffer_init_size=2048,
     )
