@@ -128,7 +128,8 @@ class GurukulServer:
                 websocket_handshake_timeout=config.connection_timeout,
                 enable_auto_ping=True,
                 auto_ping_idle_timeout=config.ping_interval,
-                auto_ping_reply_timeout=config.ping_timeout,
+                # picows requires reply timeout <= interval; a short PING_INTERVAL wins.
+                auto_ping_reply_timeout=min(config.ping_timeout, config.ping_interval),
                 auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
                 max_frame_size=config.max_frame_bytes,
                 read_buffer_init_size=READ_BUFFER_BYTES,

@@ -901,3 +901,12 @@ async def test_upgrade_without_a_valid_key_is_a_clean_400(tmp_path: Path) -> Non
         assert status == 400
         assert headers["content-type"] == "application/json"
         assert orjson.loads(body) == {"error": "Invalid WebSocket upgrade request", "code": 400}
+
+
+async def test_ping_interval_shorter_than_ping_timeout_still_accepts(tmp_path: Path) -> None:
+    # picows refuses a reply timeout longer than the interval; the server must adapt.
+    async with (
+        run_server(tmp_path, ping_interval=0.5, ping_timeout=20.0) as server,
+        connect(server, "alice") as alice,
+    ):
+        await assert_alive(alice)
