@@ -36,7 +36,7 @@ import re
 import time
 import unicodedata
 from collections.abc import AsyncGenerator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from gurukul_fast import protocol as p
 from gurukul_fast.agents import (
@@ -501,8 +501,9 @@ def _reply_key(trigger_id: str, index: int) -> str:
 
 async def _deltas(agent: Agent, request: AgentRequest) -> AsyncGenerator[AgentDelta, None]:
     """The agent's reply as deltas: streamed if it streams, else one delta with the lot."""
-    if isinstance(agent, StreamingAgent):
-        stream = agent.stream(request)
+    # hasattr, not isinstance: a runtime-checkable Protocol check costs ~13 µs per reply.
+    if hasattr(agent, "stream"):
+        stream = cast(StreamingAgent, agent).stream(request)
         try:
             async for delta in stream:
                 yield delta
