@@ -67,6 +67,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 _LIVE_NODES = "local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')\n"
+# Returns 0 if a live node other than ARGV[2] has user ARGV[3] online, else 1.
+_NO_OTHER_LIVE_NODE_HAS_USER = """
+for _, node in ipairs(live) do
+  if node ~= ARGV[2] and
+     redis.call('SISMEMBER', ARGV[1] .. ':node:' .. node .. ':online', ARGV[3]) == 1 then
+    return 0
+  end
+end
+return 1
+"""
 
 # KEYS: nodes. ARGV: prefix, node id, user, limit → 1 counted, 0 at the cap, -1 not live.
 _ACQUIRE = (
@@ -104,15 +114,7 @@ if not own or tonumber(own) <= now then return -1 end
 redis.call('SADD', ARGV[1] .. ':node:' .. ARGV[2] .. ':online', ARGV[3])
 """
     + _LIVE_NODES
-    + """
-for _, node in ipairs(live) do
-  if node ~= ARGV[2] and
-     redis.call('SISMEMBER', ARGV[1] .. ':node:' .. node .. ':online', ARGV[3]) == 1 then
-    return 0
-  end
-end
-return 1
-"""
+    + _NO_OTHER_LIVE_NODE_HAS_USER
 )
 
 # KEYS: nodes. ARGV: prefix, node id, user → 1 went offline (no live node has the user).
@@ -122,15 +124,7 @@ _PRESENCE_REMOVE = (
 redis.call('SREM', ARGV[1] .. ':node:' .. ARGV[2] .. ':online', ARGV[3])
 """
     + _LIVE_NODES
-    + """
-for _, node in ipairs(live) do
-  if node ~= ARGV[2] and
-     redis.call('SISMEMBER', ARGV[1] .. ':node:' .. node .. ':online', ARGV[3]) == 1 then
-    return 0
-  end
-end
-return 1
-"""
+    + _NO_OTHER_LIVE_NODE_HAS_USER
 )
 
 # KEYS: nodes, this node's swept marker, conns, online. ARGV: node id, ttl ms.
