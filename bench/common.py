@@ -4,6 +4,10 @@ The servers always run as separate processes, so their CPU time and memory can b
 from /proc/<pid> without counting the load generator. On a machine with more than one
 core the server gets core 0 and the generator the others: the two never steal each
 other's time slices, and the server's CPU µs per delivery stays comparable between runs.
+
+A `Cluster` is several gurukul-fast nodes (each its own process, all pinned to the server
+core) sharing chats through Redis and one scratch PostgreSQL database; it answers the same
+questions as one `ServerProcess` (`cpu_seconds` is the sum over its nodes).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import jwt
 
 __all__ = [
     "SECRET",
     "SERVER_KINDS",
+    "Cluster",
+    "Server",
     "ServerProcess",
     "cpu_seconds",
     "fd_limit",
@@ -35,8 +42,11 @@ __all__ = [
     "mint",
     "pin_to",
     "raise_fd_limit",
+    "redis_cpu_reader",
     "rss_bytes",
     "server_cpus",
+    "service_epochs",
+    "start_cluster",
     "start_server",
 ]
 
@@ -132,6 +142,28 @@ def free_port() -> int:
 # ---------------------------------------------------------------- server processes
 
 
+class Server(Protocol):
+    """What a scenario needs of the thing under test: one process or a cluster of them."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def storage(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    def cpu_seconds(self) -> float: ...
+
+    def log_tail(self, lines: int = 20) -> str: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class ServerProcess:
     """A server under test running in its own process (pinned to the server core)."""
@@ -180,7 +212,7 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         for database in self.cleanup:
-            asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            _drop_postgres_database(database)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -198,17 +230,27 @@ async def _postgres_admin(statement: str) -> None:
         await connection.close()
 
 
+def _create_postgres_database() -> tuple[str, str]:
+    """A scratch database `gf_bench_*` on the admin server: (its URL, its name)."""
+    name = f"gf_bench_{secrets.token_hex(5)}"
+    asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+    base = _postgres_admin_url().rsplit("/", 1)[0]
+    return f"{base}/{name}", name
+
+
+def _drop_postgres_database(name: str) -> None:
+    asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def _storage_url(storage: str, workdir: Path, cleanup: list[str]) -> str:
     if storage == "memory":
         return "memory:"
     if storage == "sqlite":
         return f"sqlite:///{workdir}/bench.db"
     if storage == "postgresql":
-        name = f"gf_bench_{secrets.token_hex(5)}"
-        asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+        url, name = _create_postgres_database()
         cleanup.append(name)
-        base = _postgres_admin_url().rsplit("/", 1)[0]
-        return f"{base}/{name}"
+        return url
     raise ValueError(f"unknown storage {storage!r} (memory, sqlite, postgresql)")
 
 
@@ -218,11 +260,14 @@ def start_server(
     storage: str = "memory",
     ping_interval_s: float = 30.0,
     extra_env: dict[str, str] | None = None,
+    storage_url: str | None = None,
 ) -> ServerProcess:
     """Start one server under test and wait until it accepts TCP connections.
 
     `kind` is "gurukul" (the real `gurukul-fast serve`), "websockets" or "picows" (the
     baselines, which ignore `storage`). Limits that would throttle a benchmark are raised.
+    `storage_url` (gurukul only) uses storage someone else owns instead of creating it:
+    the nodes of a cluster share one database, which the cluster drops, not each node.
     """
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"gf-bench-{kind}-"))
@@ -232,7 +277,7 @@ def start_server(
         env.update(
             WS_HOST="127.0.0.1",
             WS_PORT=str(port),
-            STORAGE_URL=_storage_url(storage, workdir, cleanup),
+            STORAGE_URL=storage_url or _storage_url(storage, workdir, cleanup),
             DATA_DIR=str(workdir),
             MAX_CONNECTIONS="1000000",
             # The product's per-user limits are for abuse, not for a load generator.
@@ -272,3 +317,200 @@ def start_server(
         time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"{server.label} did not listen on port {port} within {_READY_TIMEOUT_S}s")
+
+
+# ---------------------------------------------------------------- several nodes
+
+
+def _redis_url() -> str:
+    return os.environ.get("GURUKUL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@dataclass
+class Cluster:
+    """gurukul-fast nodes sharing chats through a broker and one storage database.
+
+    With one node and no broker it is the plain single-process server (memory broker), so
+    the single-node baseline runs through exactly the same code as the cluster.
+    """
+
+    nodes: list[ServerProcess]
+    storage: str
+    broker_url: str | None  # None: the default memory broker (one node only)
+    database: str | None  # the scratch PostgreSQL database, dropped by stop()
+    kind: str = "gurukul"
+
+    @property
+    def prefix(self) -> str | None:
+        """The Redis key/channel prefix of this cluster (unique per run), if any."""
+        if self.broker_url is None or "prefix=" not in self.broker_url:
+            return None
+        return self.broker_url.rsplit("prefix=", 1)[1]
+
+    @property
+    def label(self) -> str:
+        count = len(self.nodes)
+        nodes = f"{count} node{'s' if count > 1 else ''}"
+        broker = "Redis broker" if self.broker_url else "no broker"
+        return f"gurukul-fast, {nodes}, {broker} ({self.storage})"
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes]
+
+    def cpu_seconds(self) -> float:
+        """utime + stime summed over every node process."""
+        return sum(node.cpu_seconds() for node in self.nodes)
+
+    def node_cpu_seconds(self) -> list[float]:
+        return [node.cpu_seconds() for node in self.nodes]
+
+    def alive(self) -> bool:
+        return all(node.alive() for node in self.nodes)
+
+    def log_tail(self, lines: int = 20) -> str:
+        tails = []
+        for index, node in enumerate(self.nodes):
+            tail = node.log_tail(lines)
+            if tail:
+                tails.append(f"[node {index + 1}]\n{tail}")
+        return "\n".join(tails)
+
+    def stop(self) -> None:
+        """Stop every node, then drop the database and the run's Redis keys."""
+        for node in self.nodes:
+            node.stop()
+        if self.database is not None:
+            try:
+                _drop_postgres_database(self.database)
+            except Exception as exc:  # PostgreSQL restarting: say so, don't mask the result
+                print(
+                    f"bench: could not drop database {self.database}: {exc}; drop it by hand",
+                    file=sys.stderr,
+                )
+            self.database = None
+        prefix = self.prefix
+        if prefix is not None:
+            with contextlib.suppress(Exception):  # leftover keys are harmless, just untidy
+                _delete_redis_keys(prefix)
+
+
+def _delete_redis_keys(prefix: str) -> None:
+    import redis  # a server dependency (BROKER_URL=redis://); only clusters need it here
+
+    client = redis.Redis.from_url(_redis_url(), socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
+def start_cluster(
+    nodes: int,
+    *,
+    storage: str = "postgresql",
+    broker: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> Cluster:
+    """Start `nodes` gurukul-fast processes on loopback ports sharing one storage database.
+
+    With `broker`, every node gets BROKER_URL=redis://…?prefix=bench<random> (the cluster
+    store follows it), so this run's channels and keys never meet anyone else's on a
+    shared Redis. Nodes start one after the other: the first one creates the schema.
+    Every node is pinned to the server core(s), like a single server.
+    """
+    if nodes > 1 and not broker:
+        raise ValueError("several nodes need a broker")
+    if storage not in ("postgresql", "memory"):
+        raise ValueError(f"a cluster shares one database: {storage!r} cannot be shared")
+    if storage == "memory" and nodes > 1:
+        raise ValueError("memory storage is one process's; nodes must share PostgreSQL")
+    database: str | None = None
+    storage_url = "memory:"
+    if storage == "postgresql":
+        storage_url, database = _create_postgres_database()
+    broker_url = f"{_redis_url()}?prefix=bench{secrets.token_hex(4)}" if broker else None
+    env = dict(extra_env or {})
+    if broker_url is not None:
+        env["BROKER_URL"] = broker_url
+    cluster = Cluster([], storage, broker_url, database)
+    try:
+        for _ in range(nodes):
+            node = start_server("gurukul", storage=storage, extra_env=env, storage_url=storage_url)
+            cluster.nodes.append(node)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def redis_cpu_reader() -> tuple[int, str] | None:
+    """(pid, how it was found) of the Redis server the cluster uses, if it runs here.
+
+    Redis reports its own pid (`INFO server`); it is only this machine's process when
+    the URL is loopback and /proc/<pid> says `redis-server`. None otherwise.
+    """
+    import redis
+
+    url = _redis_url()
+    if "127.0.0.1" not in url and "localhost" not in url:
+        return None
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            info = client.info("server")
+        finally:
+            client.close()
+        pid = int(info["process_id"])
+        with open(f"/proc/{pid}/comm") as handle:
+            name = handle.read().strip()
+        cpu_seconds(pid)
+    except Exception:
+        return None
+    if "redis" not in name:
+        return None
+    return pid, f"{name} {info.get('redis_version', '?')}"
+
+
+def service_epochs() -> dict[str, str]:
+    """When the shared PostgreSQL and Redis servers last started (their identities).
+
+    Both services are shared with other sessions' fault tests, which restart them; a
+    measurement whose epochs differ before and after saw a restart, and says so.
+    """
+
+    async def postgres_start() -> str:
+        import asyncpg
+
+        connection = await asyncpg.connect(_postgres_admin_url(), timeout=5)
+        try:
+            return str(await connection.fetchval("SELECT pg_postmaster_start_time()"))
+        finally:
+            await connection.close()
+
+    epochs: dict[str, str] = {}
+    try:
+        epochs["postgresql"] = asyncio.run(postgres_start())
+    except Exception as exc:
+        epochs["postgresql"] = f"unreachable ({type(exc).__name__})"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(_redis_url(), socket_timeout=5)
+        try:
+            epochs["redis"] = str(client.info("server")["run_id"])
+        finally:
+            client.close()
+    except Exception as exc:
+        epochs["redis"] = f"unreachable ({type(exc).__name__})"
+    return epochs

@@ -9,6 +9,10 @@ from different runs do not compare, ratios from one run do. Results go to
 
 Time: the full run is sized to finish in about 10 minutes (under 15), `--quick` in about
 one. Each scenario's size is in PROFILES below.
+
+`cluster` is not a comparison with the baselines: it runs gurukul-fast as 3 nodes sharing
+chats through Redis and as one node, with the same storage (a scratch PostgreSQL
+database) and the same total load, and reports the ratio 3 nodes / 1 node.
 """
 
 from __future__ import annotations
@@ -36,7 +40,17 @@ from bench.loadgen.session import default_workers
 RESULTS = ROOT / "bench" / "results"
 BASELINES = ("picows", "websockets")
 ALL_KINDS = ("gurukul", *BASELINES)
-SCENARIO_NAMES = ("fanout", "batch", "sweep", "bigroom", "idle", "pingpong", "agent", "storage")
+SCENARIO_NAMES = (
+    "fanout",
+    "batch",
+    "sweep",
+    "bigroom",
+    "idle",
+    "pingpong",
+    "agent",
+    "storage",
+    "cluster",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,9 @@ class Profile:
     pingpong: dict[str, Any]
     agent: dict[str, Any]
     storages: tuple[str, ...]
+    cluster: dict[str, Any]
+    cluster_setups: tuple[tuple[int, bool], ...]  # (nodes, Redis broker), run interleaved
+    cluster_repeats: int
     default_scenarios: tuple[str, ...] = field(default=SCENARIO_NAMES)
 
 
@@ -77,6 +94,20 @@ PROFILES = {
         pingpong={"clients": 50, "warmup_s": 1, "measure_s": 5},
         agent={"chats": 100, "warmup_s": 1, "measure_s": 5},
         storages=("sqlite", "postgresql"),
+        cluster={
+            "clients": 600,
+            "room_size": 10,
+            "rate": 6_000,
+            # The first seconds under load cost more CPU: 91 → 76 µs/delivery for 3 nodes
+            # with a 1 s → 4 s warm-up (idle after connecting, the nodes use none).
+            "warmup_s": 3,
+            "measure_s": 5,
+            "storage": "postgresql",
+        },
+        # One node, one node publishing through Redis (the broker's cost without spreading
+        # clients), three nodes (every message crosses Redis to the two other nodes).
+        cluster_setups=((1, False), (1, True), (3, True)),
+        cluster_repeats=2,
     ),
     "quick": Profile(
         fanout={"clients": 200, "room_size": 10, "rate": 5_000, "warmup_s": 0.5, "measure_s": 2},
@@ -95,7 +126,17 @@ PROFILES = {
         pingpong={"clients": 20, "warmup_s": 0.5, "measure_s": 2},
         agent={"chats": 20, "warmup_s": 0.5, "measure_s": 2},
         storages=("sqlite",),
-        default_scenarios=("fanout", "batch", "bigroom", "idle", "pingpong", "agent"),
+        cluster={
+            "clients": 300,
+            "room_size": 10,
+            "rate": 3_000,
+            "warmup_s": 1,
+            "measure_s": 2,
+            "storage": "postgresql",
+        },
+        cluster_setups=((1, False), (3, True)),
+        cluster_repeats=1,
+        default_scenarios=("fanout", "batch", "bigroom", "idle", "pingpong", "agent", "cluster"),
     ),
 }
 
@@ -116,6 +157,30 @@ def _safe(run: Callable[[], dict[str, Any]], what: str) -> dict[str, Any] | None
     result["seconds"] = round(time.monotonic() - started, 1)
     _log(f"  {what}: {_summary(result)} ({result['seconds']} s)")
     return result
+
+
+def _retried(run: Callable[[], dict[str, Any]], what: str) -> dict[str, Any] | None:
+    """`_safe`, tried once more when the measurement failed or missed its criteria.
+
+    The PostgreSQL and Redis services are shared with other sessions' fault tests, which
+    restart them; one restart during a window is a failed step, not the server's figure.
+    The first attempt is kept in the result (`earlier_attempt`), so nothing is hidden.
+    """
+    first = _safe(run, what)
+    if first is not None and "failed" not in first and first.get("ok"):
+        return first
+    restarted = (first or {}).get("services_restarted")
+    _log(
+        f"  {what}: trying once more"
+        + (f" ({', '.join(restarted)} restarted)" if restarted else "")
+    )
+    second = _safe(run, what + " (retry)")
+    if second is not None and first is not None:
+        earlier = first.get("failed") or _summary(first)
+        if restarted:
+            earlier += f"; {', '.join(restarted)} restarted during it"
+        second["earlier_attempt"] = earlier
+    return second
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -178,6 +243,19 @@ def run_all(profile: Profile, chosen: list[str], workers: int) -> dict[str, list
                     scenarios.fanout, "gurukul", storage=storage, workers=workers, **profile.fanout
                 )
                 record(name, _safe(run, f"gurukul {storage}"))
+        elif name == "cluster":
+            for repeat in range(profile.cluster_repeats):
+                for nodes, broker in profile.cluster_setups:  # interleaved, like fanout
+                    run = partial(
+                        scenarios.cluster,
+                        "gurukul",
+                        nodes=nodes,
+                        broker=broker,
+                        workers=workers,
+                        **profile.cluster,
+                    )
+                    setup = scenarios.cluster_setup(nodes, broker)
+                    record(name, _retried(run, f"{setup} #{repeat + 1}"))
     return out
 
 
@@ -379,6 +457,82 @@ def _storage_table(results: dict[str, list[dict[str, Any]]]) -> str:
     return _table(headers, rows)
 
 
+def _cluster_best(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each setup's least disturbed run, in the order they ran: the lowest CPU µs/delivery
+    among the runs that met their criteria, else among all (shown as not ok)."""
+    setups: list[str] = []
+    for r in results:
+        if _valid(r) and r["setup"] not in setups:
+            setups.append(r["setup"])
+    best = []
+    for setup in setups:
+        runs = [r for r in results if _valid(r) and r["setup"] == setup]
+        runs = [r for r in runs if r["ok"]] or runs
+        best.append(min(runs, key=lambda r: r["cpu_us_per_delivery"]))
+    return best
+
+
+def _cluster_table(results: list[dict[str, Any]]) -> str:
+    best = _cluster_best(results)
+    single = next((r for r in best if r["setup"] == "1 node"), None)
+    base_cpu = (single or {}).get("cpu_us_per_delivery")
+    rows = []
+    for r in best:
+        redis = r.get("redis_cpu_us_per_delivery")
+        rows.append(
+            [
+                r["setup"],
+                " / ".join(_fmt(c) for c in r["clients_per_node"]),
+                _fmt(r["deliveries_per_s"], 0),
+                _fmt(r["p50_ms"], 2),
+                _fmt(r["p99_ms"], 2),
+                _fmt(r["max_ms"], 1),
+                _fmt(r["loss"]),
+                _fmt(r["order_errors"]),
+                _fmt(r["cpu_us_per_delivery"], 1),
+                " / ".join(_fmt(c, 2) for c in r["node_cpu_s"]),
+                _fmt(redis, 1) if redis is not None else "–",
+                _ratio(r["cpu_us_per_delivery"], base_cpu),
+                "yes" if r["ok"] else "**no**",
+            ]
+        )
+    failures = [r for r in results if "failed" in r]
+    rows += [[r["what"], "failed: " + r["failed"][:80], *["–"] * 11] for r in failures]
+    headers = [
+        "setup",
+        "clients per node",
+        "delivery/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "loss",
+        "order errors",
+        "server CPU µs/delivery (all nodes)",
+        "CPU s per node",
+        "Redis CPU µs/delivery",
+        "CPU vs 1 node",
+        "ok",
+    ]
+    lines = [_table(headers, rows)]
+    cluster = next((r for r in best if r["params"]["nodes"] > 1), None)
+    if single is not None and cluster is not None:
+        lines += [
+            "",
+            f"{cluster['params']['nodes']} nodes / 1 node: deliveries/s "
+            f"{_ratio(cluster['deliveries_per_s'], single['deliveries_per_s'])}, p50 "
+            f"{_ratio(cluster['p50_ms'], single['p50_ms'])}, p99 "
+            f"{_ratio(cluster['p99_ms'], single['p99_ms'])}, server CPU µs/delivery "
+            f"{_ratio(cluster['cpu_us_per_delivery'], single['cpu_us_per_delivery'])}.",
+        ]
+    for r in results:
+        if _valid(r) and "earlier_attempt" in r:
+            lines += ["", f"Retried once: {r['setup']}, first attempt {r['earlier_attempt']}."]
+        if _valid(r) and r.get("services_restarted"):
+            names = " and ".join(r["services_restarted"])
+            lines += ["", f"{r['setup']}: {names} restarted during this measurement."]
+    return "\n".join(lines)
+
+
 def _targets(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Issue 5's targets, each as measured in this run."""
     lines = []
@@ -471,7 +625,8 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "versions": {
-            name: version(name) for name in ("picows", "uvloop", "msgspec", "websockets", "PyJWT")
+            name: version(name)
+            for name in ("picows", "uvloop", "msgspec", "websockets", "PyJWT", "redis", "asyncpg")
         },
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -551,6 +706,12 @@ def render(
             "storage",
             "The cost of durability: fan-out at the same fixed rate per storage backend",
             lambda: _storage_table(results),
+        ),
+        (
+            "cluster",
+            "Cluster: 3 nodes sharing chats through Redis vs 1 node, same load "
+            "(PostgreSQL storage; on 2 cores this is the broker's overhead, not scale-out)",
+            lambda: _cluster_table(results["cluster"]),
         ),
     ]
     for key, title, build in sections:

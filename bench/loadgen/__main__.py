@@ -29,18 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--server", choices=SERVER_KINDS, default="gurukul")
-    parser.add_argument("--storage", choices=("memory", "sqlite", "postgresql"), default="memory")
+    parser.add_argument(
+        "--storage",
+        choices=("memory", "sqlite", "postgresql"),
+        help="default: the scenario's (memory; postgresql for cluster)",
+    )
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     raise_fd_limit(200_000)
-    params = dict(item.split("=", 1) for item in args.param)
-    result = SCENARIOS[args.scenario](
-        args.server,
-        storage=args.storage,
-        workers=args.workers,
-        **{key: _value(value) for key, value in params.items()},
-    )
+    params: dict[str, object] = {
+        key: _value(value) for key, value in (item.split("=", 1) for item in args.param)
+    }
+    if args.storage is not None:
+        params["storage"] = args.storage
+    result = SCENARIOS[args.scenario](args.server, workers=args.workers, **params)
     result.pop("latencies_us", None)
     json.dump(result, sys.stdout, indent=2, default=str)
     print()

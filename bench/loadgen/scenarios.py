@@ -14,20 +14,35 @@ Figures every scenario reports (issue 5):
 
 A server is started fresh for every scenario (and after a failed sweep step), so memory
 freed by an earlier scenario never hides the cost of a later one.
+
+`cluster` runs the fanout load against several gurukul-fast nodes sharing chats through
+Redis (clients spread over the nodes round robin, so every room has members on every
+node) or against one node with the same storage and load; CPU is summed over the nodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from bench.common import ServerProcess, fd_limit, generator_cpus, start_server
+from bench.common import (
+    Server,
+    ServerProcess,
+    cpu_seconds,
+    fd_limit,
+    generator_cpus,
+    redis_cpu_reader,
+    service_epochs,
+    start_cluster,
+    start_server,
+)
 from bench.loadgen.session import Session, merge, source_ip
 from bench.loadgen.worker import Plan
 
-__all__ = ["agent", "bigroom", "fanout", "fanout_sweep", "idle", "pingpong"]
+__all__ = ["agent", "bigroom", "cluster", "fanout", "fanout_sweep", "idle", "pingpong"]
 
 P99_BUDGET_MS = 50.0
 BATCH_INTERVAL_MS = 100.0  # gurukul-fast's default flush period for ?batch=1 clients
@@ -57,7 +72,7 @@ def _room_plans(
     return plans
 
 
-def _base(scenario: str, server: ServerProcess, **params: Any) -> Result:
+def _base(scenario: str, server: Server, **params: Any) -> Result:
     return {
         "scenario": scenario,
         "server": server.label,
@@ -74,14 +89,21 @@ def _message_step(
     warmup_s: float,
     measure_s: float,
     p99_budget_ms: float = P99_BUDGET_MS,
+    extra_cpu: Mapping[str, Callable[[], float]] | None = None,
 ) -> Result:
-    """One open-loop step at a fixed delivery rate; returns the merged figures."""
+    """One open-loop step at a fixed delivery rate; returns the merged figures.
+
+    `extra_cpu` names other CPU-second readers (a node of a cluster, the Redis server)
+    read over the same window as the server's; their deltas are in `extra_cpu_s`.
+    """
     server = session.server
+    extra_cpu = extra_cpu or {}
     messages_per_s = rate_deliveries / members_per_message
     wall = time.monotonic()
     session.start("fanout", messages_per_s / session.workers, warmup_s, measure_s)
     time.sleep(warmup_s)
     cpu_start = server.cpu_seconds()
+    extra_start = {name: read() for name, read in extra_cpu.items()}
     window = time.monotonic()
     sends = session.results("fanout")
     expected: dict[str, int] = {}
@@ -90,6 +112,7 @@ def _message_step(
             expected[chat] = expected.get(chat, 0) + count
     merged = merge(session.call("drain", expected, DRAIN_TIMEOUT_S))
     server_cpu = server.cpu_seconds() - cpu_start
+    extra = {name: read() - extra_start[name] for name, read in extra_cpu.items()}
     window = time.monotonic() - window
     wall = time.monotonic() - wall
     generator_cpu = merged.pop("cpu") + sum(reply["cpu"] for reply in sends)
@@ -101,6 +124,7 @@ def _message_step(
         "order_errors": merged["gaps"] + merged["reordered"] + merged["fifo_errors"],
         "server_cpu_s": server_cpu,
         "server_cpu_pct": 100 * server_cpu / window,
+        "extra_cpu_s": extra,
         "cpu_us_per_delivery": 1e6 * server_cpu / delivered if delivered else float("nan"),
         "gen_cpu_pct": 100 * generator_cpu / wall / len(generator_cpus()),
         "sent": sum(reply["sent"] for reply in sends),
@@ -263,6 +287,101 @@ def bigroom(
         server.stop()
 
 
+def cluster_setup(nodes: int, broker: bool) -> str:
+    """A short name for one cluster configuration: `1 node`, `1 node + Redis`, `3 nodes`."""
+    name = f"{nodes} node{'s' if nodes > 1 else ''}"
+    return f"{name} + Redis" if broker and nodes == 1 else name
+
+
+def cluster(
+    kind: str = "gurukul",
+    *,
+    storage: str = "postgresql",
+    nodes: int = 3,
+    broker: bool | None = None,
+    clients: int = 600,
+    room_size: int = 10,
+    rate: float = 6_000,
+    warmup_s: float = 1.0,
+    measure_s: float = 5.0,
+    workers: int = 1,
+    p99_budget_ms: float = P99_BUDGET_MS,
+) -> Result:
+    """The fanout load (rooms of `room_size`, every member sending, a fixed delivery rate)
+    against `nodes` gurukul-fast nodes that share one fresh PostgreSQL database.
+
+    `broker` (default: when `nodes` > 1) gives every node the same
+    BROKER_URL=redis://…?prefix=bench<random>. Client i connects to node i mod `nodes`, so
+    with rooms of at least `nodes` members every room has members on every node and every
+    message crosses the broker. CPU µs per delivery is summed over the node processes
+    (each node's share and the Redis server's CPU, when it runs here, are reported too).
+    With `nodes=1` this is the single-node baseline: same storage, same load.
+    `services_restarted` names PostgreSQL/Redis if either restarted during the run (they
+    are shared services: other suites' fault tests restart them).
+    """
+    if kind != "gurukul":
+        raise ValueError("the cluster scenario runs gurukul-fast nodes only")
+    use_broker = nodes > 1 if broker is None else bool(broker)
+    if room_size < nodes:
+        raise ValueError(f"rooms of {room_size} cannot have members on all {nodes} nodes")
+    epochs = service_epochs()
+    servers = start_cluster(nodes, storage=storage, broker=use_broker)
+    try:
+        params = {
+            "nodes": nodes,
+            "broker": use_broker,
+            "clients": clients,
+            "room_size": room_size,
+            "rate": rate,
+            "measure_s": measure_s,
+        }
+        result = _base("cluster", servers, **params)
+        urls = servers.urls
+        plans = [
+            dataclasses.replace(plan, url=urls[plan.gid % len(urls)])
+            for plan in _room_plans(clients, room_size)
+        ]
+        extra: dict[str, Callable[[], float]] = {}
+        for index, node in enumerate(servers.nodes):
+            extra[f"node{index + 1}"] = node.cpu_seconds
+        redis_process = redis_cpu_reader() if use_broker else None
+        if redis_process is not None:
+            redis_pid = redis_process[0]
+
+            def redis_cpu_s() -> float:
+                try:
+                    return cpu_seconds(redis_pid)
+                except OSError:  # Redis restarted (a shared service): no figure, no crash
+                    return math.nan
+
+            extra["redis"] = redis_cpu_s
+        with Session(servers, plans, workers) as session:
+            result["connect"] = session.connect()
+            step = _message_step(
+                session, rate, room_size, warmup_s, measure_s, p99_budget_ms, extra
+            )
+        result.update(step)
+        delivered = step["measured"]
+        node_cpu = [step["extra_cpu_s"][f"node{i + 1}"] for i in range(nodes)]
+        redis_cpu = step["extra_cpu_s"].get("redis")
+        result.update(
+            broker_url=servers.broker_url,
+            clients_per_node=[sum(1 for p in plans if p.url == url) for url in urls],
+            node_cpu_s=node_cpu,
+            redis_server=redis_process[1] if redis_process else None,
+            redis_cpu_s=redis_cpu,
+            redis_cpu_us_per_delivery=(
+                1e6 * redis_cpu / delivered if redis_cpu is not None and delivered else None
+            ),
+            setup=cluster_setup(nodes, use_broker),
+        )
+        after = service_epochs()
+        result["services_restarted"] = [name for name in epochs if epochs[name] != after[name]]
+        return result
+    finally:
+        servers.stop()
+
+
 def idle(
     kind: str,
     *,
@@ -412,6 +531,7 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
     "fanout": fanout,
     "fanout_sweep": fanout_sweep,
     "bigroom": bigroom,
+    "cluster": cluster,
     "idle": idle,
     "pingpong": pingpong,
     "agent": agent,

@@ -13,7 +13,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from bench.common import ServerProcess, generator_cpus
+from bench.common import Server, generator_cpus
 from bench.loadgen.worker import Plan, worker_main
 
 __all__ = ["Session", "SessionError", "default_workers", "merge", "percentile", "source_ip"]
@@ -47,9 +47,12 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> float:
 
 
 class Session:
-    """Workers connected to one server. Use as a context manager; call `connect()` first."""
+    """Workers connected to one server. Use as a context manager; call `connect()` first.
 
-    def __init__(self, server: ServerProcess, plans: list[Plan], workers: int) -> None:
+    A plan with its own `url` connects there instead (the nodes of a cluster).
+    """
+
+    def __init__(self, server: Server, plans: list[Plan], workers: int) -> None:
         self.server = server
         self.plans = plans
         # Any: typeshed's BaseContext does not declare Process, every real context has it.

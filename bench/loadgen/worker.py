@@ -44,6 +44,7 @@ class Plan:
     sender: bool  # sends messages in fanout/bigroom
     source_ip: str  # 127.0.0.x, to get past one IP's ephemeral ports
     batch: bool = False  # connect with ?batch=1 (gurukul-fast's batching flusher)
+    url: str | None = None  # the node to connect to (cluster); None: the worker's server
 
 
 # What the generator reads of a server frame; every other field is skipped by the decoder.
@@ -200,7 +201,7 @@ class Worker:
             try:
                 _, listener = await ws_connect(
                     lambda: Client(self, plan),
-                    f"{self.url}?token={token}{'&batch=1' if plan.batch else ''}",
+                    f"{plan.url or self.url}?token={token}{'&batch=1' if plan.batch else ''}",
                     local_addr=(plan.source_ip, 0),
                     websocket_handshake_timeout=60,
                     read_buffer_init_size=1024,
