@@ -421,11 +421,17 @@ class ChatService:
         self._publish(chat_id, frame, kind, lossy=lossy, coalesce_key=key, message_seq=message_seq)
 
     def publish_stream(self, chat_id: str, payload: bytes) -> int:
-        """Partial agent text, only to the members that connected with `?stream=1`.
+        """Partial agent text, only to the members that connected with `?stream=1`, on
+        every node. Returns the local deliveries.
 
         Lossy and never batched: a client far behind loses deltas (it sees a gap in
         `offset`) but always gets the stored reply as a `message`.
         """
+        if self.broker is not None:
+            self.broker.publish(RoomEvent(chat_id, payload, "agent_stream", lossy=True))
+        return self._deliver_stream(chat_id, payload)
+
+    def _deliver_stream(self, chat_id: str, payload: bytes) -> int:
         frame: bytes | None = None
         delivered = 0
         for peer in self.rooms.members(chat_id):
@@ -436,6 +442,8 @@ class ChatService:
                 frame = text_frame(payload)
             client.deliver(frame, lossy=True)
             delivered += 1
+        if delivered:
+            self.metrics.frames_out["agent_stream"].inc(delivered)
         return delivered
 
     def reply_stored(self, stored: StoredMessage) -> None:
@@ -899,7 +907,10 @@ class ChatService:
 
     def deliver_remote(self, event: RoomEvent) -> None:
         """An event another node published for a chat with members here (broker callback)."""
-        self._deliver_local(event)
+        if event.kind == "agent_stream":
+            self._deliver_stream(event.chat_id, event.payload)
+        else:
+            self._deliver_local(event)
 
     def _deliver_local(self, event: RoomEvent) -> None:
         if self._order is None or not event.message_seq:

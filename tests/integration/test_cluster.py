@@ -294,3 +294,24 @@ def test_workers_without_a_network_broker_fail_at_start(tmp_path: Path) -> None:
     result = run_cli("serve", cwd=tmp_path, WORKERS="2", WS_PORT="0")
     assert result.returncode == 2
     assert "WORKERS > 1 needs a network broker" in result.stderr
+
+
+async def test_streamed_agent_text_reaches_stream_clients_on_other_nodes(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path, "redis", nodes=2) as nodes:
+        b_url = f"ws://127.0.0.1:{nodes[1].port}/ws?token={token('bob', chats=['s'])}&stream=1"
+        async with (
+            client_on(nodes[0], "alice") as alice,
+            websockets.connect(b_url) as bob_ws,
+        ):
+            bob = ChatClient(bob_ws)
+            await alice.join("s")
+            await bob.join("s")
+            await alice.say("s", "I feel tired all the time", "t1", agent_id="therapist")
+            delta = await bob.expect("agent_stream")
+            assert delta["data"]["chatId"] == "s"
+            reply = await bob.expect("message", messageId="t1")
+            while reply["data"]["message"]["role"] != "assistant":
+                reply = await bob.expect("message", messageId="t1")
+            assert reply["data"]["message"]["content"].startswith(delta["data"]["delta"][:10])
