@@ -358,8 +358,8 @@ class ChatService:
             self._send(client, event, "message")
             return
         self.metrics.messages_stored.inc()
-        self._publish(chat_id, event, "message", message_seq=stored.seq)
-        self._publish_summary(info, stored)
+        message_event = RoomEvent(chat_id, event, "message", message_seq=stored.seq)
+        self._publish_together(message_event, self._summary_event(info, stored))
         if agent_id is None:
             return
         if agent is None:
@@ -401,11 +401,17 @@ class ChatService:
 
     def _publish_summary(self, info: _ChatInfo, stored: StoredMessage) -> None:
         """After a stored message: the room learns the new counts (SPEC `chat_update`)."""
+        event = self._summary_event(info, stored)
+        if self.broker is not None:
+            self.broker.publish(event)
+        self._deliver_local(event)
+
+    def _summary_event(self, info: _ChatInfo, stored: StoredMessage) -> RoomEvent:
         # seq has no gaps, so the latest seq is the message count.
         info.message_count = max(info.message_count, stored.seq)
         info.updated_at_ms = stored.created_at_ms
         frame = self._chat_update_frame(stored.chat_id, info=info, last_message=stored.content)
-        self._publish(stored.chat_id, frame, "chat_update", coalesce_key="chat_update")
+        return RoomEvent(stored.chat_id, frame, "chat_update", coalesce_key="chat_update")
 
     # ------------------------------------------------------------------ ReplyHost
 
@@ -904,6 +910,23 @@ class ChatService:
         if self.broker is not None:
             self.broker.publish(event)
         self._deliver_local(event)
+
+    def _publish_together(self, *events: RoomEvent) -> None:
+        """Publish a message and the summary that follows it: one delivery per member.
+
+        With several nodes each event goes its own way (the message through seq order).
+        """
+        if self.broker is not None:
+            for event in events:
+                self.broker.publish(event)
+        if self._order is not None:
+            for event in events:
+                self._deliver_local(event)
+            return
+        delivered = self.rooms.publish_together(events)
+        if delivered:
+            for event in events:
+                self.metrics.frames_out[event.kind].inc(delivered)
 
     def deliver_remote(self, event: RoomEvent) -> None:
         """An event another node published for a chat with members here (broker callback)."""

@@ -132,6 +132,25 @@ class RoomTable:
             delivered += len(room.batched)
         return delivered
 
+    def publish_together(self, events: tuple[RoomEvent, ...]) -> int:
+        """Deliver several events of one chat, none with exclusions, in order.
+
+        Immediate members get them as one concatenated frame run in one `deliver` call
+        (a message and its summary cost one delivery, not two); batch members get each
+        event queued. Returns the number of members reached.
+        """
+        room = self._rooms.get(events[0].chat_id)
+        if room is None:
+            return 0
+        if room.immediate:
+            frames = b"".join([text_frame(event.payload) for event in events])
+            for peer in tuple(room.immediate.values()):
+                peer.deliver(frames)
+        if room.batched and self._flusher is not None:
+            for event in events:
+                self._flusher.queue(event, room.batched)
+        return len(room.immediate) + len(room.batched)
+
     def members(self, chat_id: str) -> list[Peer]:
         room = self._rooms.get(chat_id)
         if room is None:
