@@ -3,11 +3,13 @@
 Theory of operation: the transport decodes a frame and calls `ChatService.handle` on the
 loop thread. Checks that need no I/O (rate limits, sizes, ids, typing throttle, ping) run
 there, synchronously. Anything that needs the database or an agent runs in a task, so the
-loop never waits on I/O. Every event for a chat goes out through `RoomTable.publish`,
-encoded once.
+loop never waits on I/O. Every event for a chat goes out through `_publish`, encoded
+once: to the local room (`RoomTable`) and, with several nodes, through the broker to the
+nodes that have members of the chat (`deliver_remote` on their side).
 
 Per-chat order is seq order: the group committer resolves one batch at a time, in order,
-so the tasks waiting on it resume and publish in seq order.
+so the tasks waiting on it resume and publish in seq order; with several nodes writing to
+one chat, `ChatOrder` re-establishes seq order on every node.
 """
 
 from __future__ import annotations
