@@ -31,6 +31,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "StoredMessage",
+    "chat_from_columns",
 ]
 
 
@@ -88,6 +89,28 @@ class ChatRecord(msgspec.Struct, frozen=True, gc=False):
     last_seq: int  # seq of the latest message, 0 while empty
     created_at_ms: int
     updated_at_ms: int
+
+
+class _Row(Protocol):
+    """A database row: sqlite3's tuple, asyncpg's Record."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+def chat_from_columns(row: _Row) -> ChatRecord:
+    """A ChatRecord from a SQL row selected as (id, owner_id, title, agent_id,
+    message_count, last_message, last_seq, created_at ms, updated_at ms)."""
+    return ChatRecord(
+        chat_id=row[0],
+        owner_id=row[1],
+        title=row[2],
+        agent_id=row[3],
+        message_count=row[4],
+        last_message=row[5],
+        last_seq=row[6],
+        created_at_ms=row[7],
+        updated_at_ms=row[8],
+    )
 
 
 @runtime_checkable

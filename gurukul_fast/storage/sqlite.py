@@ -37,6 +37,7 @@ from gurukul_fast.storage.base import (
     StorageError,
     StorageUnavailable,
     StoredMessage,
+    chat_from_columns,
 )
 
 if TYPE_CHECKING:
@@ -143,20 +144,6 @@ def _message_from_row(row: tuple[Any, ...], *, duplicate: bool = False) -> Store
         client_message_id=row[8],
         metadata=_decode_metadata(row[9]),
         duplicate=duplicate,
-    )
-
-
-def _chat_from_row(row: tuple[Any, ...]) -> ChatRecord:
-    return ChatRecord(
-        chat_id=row[0],
-        owner_id=row[1],
-        title=row[2],
-        agent_id=row[3],
-        message_count=row[4],
-        last_message=row[5],
-        last_seq=row[6],
-        created_at_ms=row[7],
-        updated_at_ms=row[8],
     )
 
 
@@ -278,7 +265,7 @@ class SqliteStorage:
         def query(db: sqlite3.Connection) -> ChatRecord | None:
             row = db.execute(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE id = ?", (chat_id,))
             found = row.fetchone()
-            return _chat_from_row(found) if found is not None else None
+            return chat_from_columns(found) if found is not None else None
 
         return await self._read(query)
 
@@ -302,7 +289,7 @@ class SqliteStorage:
                 row = db.execute(
                     f"SELECT {_CHAT_COLUMNS} FROM chats WHERE id = ?", (chat_id,)
                 ).fetchone()
-            return _chat_from_row(row)
+            return chat_from_columns(row)
 
         return await self._write(write)
 

@@ -29,6 +29,7 @@ from gurukul_fast.storage.base import (
     StorageError,
     StorageUnavailable,
     StoredMessage,
+    chat_from_columns,
 )
 from gurukul_fast_postgres.schema import UNKNOWN_CHAT_SQLSTATE, apply_migrations
 
@@ -227,7 +228,7 @@ class PostgresStorage:
     async def get_chat(self, chat_id: str) -> ChatRecord | None:
         """Return the chat's summary, or None. One indexed lookup."""
         row = await self._fetchrow(_GET_CHAT, chat_id)
-        return _chat_record(row) if row is not None else None
+        return chat_from_columns(row) if row is not None else None
 
     async def create_chat(
         self, chat_id: str, owner_id: str, title: str, agent_id: str | None, now_ms: int
@@ -242,7 +243,7 @@ class PostgresStorage:
             row = await self._fetchrow(_GET_CHAT, chat_id)
         if row is None:  # only if someone deleted it in between
             raise StorageUnavailable(f"chat {chat_id!r} vanished while being created")
-        return _chat_record(row)
+        return chat_from_columns(row)
 
     async def add_member(self, chat_id: str, user_id: str) -> None:
         """Add `user_id` to the chat's members; unknown chats are ignored."""
@@ -451,20 +452,6 @@ def _encode_timestamp_ms(unix_ms: int) -> tuple[int]:
 
 def _decode_timestamp_ms(value: tuple[int]) -> int:
     return value[0] // 1000 + _PG_EPOCH_MS
-
-
-def _chat_record(row: asyncpg.Record) -> ChatRecord:
-    return ChatRecord(
-        chat_id=row[0],
-        owner_id=row[1],
-        title=row[2],
-        agent_id=row[3],
-        message_count=row[4],
-        last_message=row[5],
-        last_seq=row[6],
-        created_at_ms=row[7],
-        updated_at_ms=row[8],
-    )
 
 
 def _stored_message(row: asyncpg.Record) -> StoredMessage:
