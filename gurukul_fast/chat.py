@@ -9,7 +9,7 @@ nodes that have members of the chat (`deliver_remote` on their side).
 
 Per-chat order is seq order: the group committer resolves one batch at a time, in order,
 so the tasks waiting on it resume and publish in seq order; with several nodes writing to
-one chat, `ChatOrder` re-establishes seq order on every node.
+one chat, `NodeLink` (nodes.py) re-establishes seq order on every node.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from gurukul_fast import protocol as p
 from gurukul_fast.agents import AgentRegistry
 from gurukul_fast.auth import AuthError, Principal, TokenVerifier
 from gurukul_fast.broker import Broker
-from gurukul_fast.cluster import ClusterStore, ClusterStoreUnavailable
+from gurukul_fast.cluster import ClusterStore
 from gurukul_fast.config import Config
 from gurukul_fast.flusher import BatchFlusher
 from gurukul_fast.framing import text_frame
 from gurukul_fast.metrics import Metrics
-from gurukul_fast.ordering import ChatOrder
+from gurukul_fast.nodes import NodeLink
 from gurukul_fast.replies import AgentReplies
 from gurukul_fast.rooms import Peer, RoomEvent, RoomTable
 from gurukul_fast.session import (
@@ -57,8 +57,6 @@ from gurukul_fast.wire import ASSISTANT, iso_utc, new_message_id, now_ms, to_wir
 
 __all__ = ["ChatService", "Client", "CloseCode"]
 
-BROKER_SETTLE_S = 2.0  # a join waits at most this long for its subscription to be confirmed
-GAP_WAIT_S = 0.15  # a missing message seq is waited for this long, then read from storage
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +139,18 @@ class ChatService:
         self.replies = AgentReplies(config, storage, self, metrics, self._spawn)
         # Several nodes: events cross through the broker and message events are put in
         # seq order per chat; limits and presence are counted cluster-wide.
-        self.broker = broker
-        self.cluster = cluster
-        self._order = ChatOrder() if broker is not None else None
-        self._gap_timers: dict[str, asyncio.TimerHandle] = {}
+        self.nodes: NodeLink | None = None
+        if broker is not None:
+            self.nodes = NodeLink(
+                broker,
+                cluster,
+                storage,
+                deliver=self._deliver_ready,
+                has_members=lambda chat_id: bool(self.rooms.members(chat_id)),
+                spawn=self._spawn,
+                loop=self._loop,
+                max_recovery=config.max_recovery_messages,
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -191,9 +197,7 @@ class ChatService:
     @property
     def broker_ok(self) -> bool | None:
         """None on a single node; else whether the broker and cluster store are reachable."""
-        if self.broker is None:
-            return None
-        return self.broker.healthy and (self.cluster is None or self.cluster.healthy)
+        return None if self.nodes is None else self.nodes.healthy
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -210,8 +214,8 @@ class ChatService:
         self.clients[client.conn_id] = client
         self.metrics.connections.set(len(self.clients))
         self._schedule_token_expiry(client)
-        if self.cluster is not None:
-            self._spawn(self._cluster_connected(client))
+        if self.nodes is not None:
+            self._spawn(self._open_on_cluster(client))
         elif self.users.connection_count(client.user_id) == 1:
             self._spawn(self._set_online(client.user_id, True))
 
@@ -226,8 +230,8 @@ class ChatService:
         if handle is not None:
             handle.cancel()
         last_here = self.users.detach(client.user_id)
-        if self.cluster is not None:
-            self._spawn(self._cluster_disconnected(client))
+        if self.nodes is not None:
+            self._spawn(self.nodes.close_connection(client.user_id, str(client.conn_id)))
         elif last_here:
             self._spawn(self._set_online(client.user_id, False))
         self.metrics.connections.set(len(self.clients))
@@ -298,8 +302,8 @@ class ChatService:
 
     def _limit(self, client: Client, kind: RateKind, message_id: str | None = None) -> None:
         wait = client.state.check_rate(kind, time.monotonic(), self.config.abuse_close_after)
-        if wait == 0.0 and self.cluster is not None and kind is not RateKind.MESSAGE:
-            wait = self._cluster_rate(client, kind)
+        if wait == 0.0 and self.nodes is not None and kind is not RateKind.MESSAGE:
+            wait = self.nodes.check_rate(client.user_id, kind.value, self._rate_limit_of(kind))
         if wait > 0.0:
             self.send_error(
                 client,
@@ -335,8 +339,13 @@ class ChatService:
         agent_id: str | None,
         temp_id: str | None,
     ) -> None:
-        if self.cluster is not None:
-            await self._check_cluster_message_rate(client)
+        if self.nodes is not None:
+            # Messages are counted cluster-wide before they are stored.
+            wait = await self.nodes.check_rate_now(
+                client.user_id, RateKind.MESSAGE.value, self.config.message_rate_limit
+            )
+            if wait > 0.0:
+                raise RateLimited(wait)
         info = await self._ensure_access(client, chat_id, create=True, agent_id=agent_id)
         self._join_room(client, chat_id, info)
         agent = self.agents.get(agent_id) if agent_id else None
@@ -404,8 +413,8 @@ class ChatService:
     def _publish_summary(self, info: _ChatInfo, stored: StoredMessage) -> None:
         """After a stored message: the room learns the new counts (SPEC `chat_update`)."""
         event = self._summary_event(info, stored)
-        if self.broker is not None:
-            self.broker.publish(event)
+        if self.nodes is not None:
+            self.nodes.publish(event)
         self._deliver_local(event)
 
     def _summary_event(self, info: _ChatInfo, stored: StoredMessage) -> RoomEvent:
@@ -435,8 +444,8 @@ class ChatService:
         Lossy and never batched: a client far behind loses deltas (it sees a gap in
         `offset`) but always gets the stored reply as a `message`.
         """
-        if self.broker is not None:
-            self.broker.publish(RoomEvent(chat_id, payload, "agent_stream", lossy=True))
+        if self.nodes is not None:
+            self.nodes.publish(RoomEvent(chat_id, payload, "agent_stream", lossy=True))
         return self._deliver_stream(chat_id, payload)
 
     def _deliver_stream(self, chat_id: str, payload: bytes) -> int:
@@ -548,9 +557,9 @@ class ChatService:
             client, chat_id, create=True, agent_id=data.agent_id, title=data.title
         )
         self._join_room(client, chat_id, info)
-        if self.broker is not None:
+        if self.nodes is not None:
             # Subscribed before history is read: no message falls between the two.
-            await self.broker.settle(BROKER_SETTLE_S)
+            await self.nodes.settle()
         page = self.config.history_page_size
         messages: list[StoredMessage] = []
         has_more = False
@@ -594,11 +603,9 @@ class ChatService:
         if self.rooms.join(chat_id, client):
             client.state.joined.add(chat_id)
             self.metrics.active_chats.set(self.rooms.active_chats)
-            if self.broker is not None and len(self.rooms.members(chat_id)) == 1:
+            if self.nodes is not None and len(self.rooms.members(chat_id)) == 1:
                 # The first local member: this node starts receiving the chat.
-                self.broker.subscribe(chat_id)
-                if self._order is not None:
-                    self._order.track(chat_id, info.message_count)
+                self.nodes.chat_joined(chat_id, info.message_count)
 
     def _leave(self, client: Client, chat_id: str) -> None:
         client.state.joined.discard(chat_id)
@@ -614,13 +621,8 @@ class ChatService:
             self._expire_typing(user_id, chat_id)
         if not self.rooms.members(chat_id):
             self._chats.pop(chat_id, None)
-            if self.broker is not None:
-                self.broker.unsubscribe(chat_id)
-            if self._order is not None:
-                self._order.forget(chat_id)
-            timer = self._gap_timers.pop(chat_id, None)
-            if timer is not None:
-                timer.cancel()
+            if self.nodes is not None:
+                self.nodes.chat_left(chat_id)
         self.metrics.active_chats.set(self.rooms.active_chats)
 
     async def _history(self, client: Client, chat_id: str, data: p.HistoryData) -> None:
@@ -731,115 +733,22 @@ class ChatService:
             self.send_error(client, "Token expired", 401)
             client.close(CloseCode.POLICY_VIOLATION, "Token expired")
 
-    # ------------------------------------------------------------------ several nodes
-
-    def _fill_gap_soon(self, chat_id: str) -> None:
-        self._gap_timers.pop(chat_id, None)
-        self._spawn(self._fill_gap(chat_id))
-
-    async def _fill_gap(self, chat_id: str) -> None:
-        """A message seq went missing for GAP_WAIT_S: read it from storage and move on."""
-        if self._order is None:
-            return
-        after = self._order.waiting_after(chat_id)
-        if after is None:
-            return
-        try:
-            rows = await self.storage.messages_after(
-                chat_id, after, self.config.max_recovery_messages
-            )
-        except StorageUnavailable:
-            rows = []  # release what is held; clients recover the rest by history
-        for item in self._order.fill(chat_id, [self._message_event(row) for row in rows]):
-            delivered = self.rooms.publish(item)
-            if delivered:
-                self.metrics.frames_out[item.kind].inc(delivered)
-
-    def resync_chats(self, chat_ids: frozenset[str]) -> None:
-        """The broker lost events of these chats (reconnect, overflow): catch up from storage."""
-        if self._order is None:
-            return
-        for chat_id in chat_ids:
-            if self.rooms.members(chat_id):
-                self._spawn(self._resync(chat_id))
-
-    async def _resync(self, chat_id: str) -> None:
-        assert self._order is not None
-        rows = await self.storage.messages_after(
-            chat_id, self._order.position(chat_id), self.config.max_recovery_messages
-        )
-        for row in rows:
-            self._deliver_local(self._message_event(row))
-
-    def _message_event(self, stored: StoredMessage) -> RoomEvent:
-        """The `message` event of a stored message (for messages read back from storage)."""
-        temp_id = stored.client_message_id if stored.role == "user" else None
-        payload = p.encode(
-            p.MessageEvent(p.MessageEventData(stored.chat_id, to_wire(stored), temp_id), now_ms())
-        )
-        return RoomEvent(stored.chat_id, payload, "message", message_seq=stored.seq)
-
-    async def _cluster_connected(self, client: Client) -> None:
-        """Cluster-wide per-user cap and presence for a new connection."""
-        assert self.cluster is not None
-        user_id = client.user_id
-        try:
-            allowed = await self.cluster.try_acquire(
-                user_id, str(client.conn_id), self.config.max_connections_per_user
-            )
-            if not allowed:
-                self.send_error(client, "Too many connections for this user", 503)
-                client.close(CloseCode.TRY_AGAIN_LATER, "Too many connections")
-                return
-            if await self.cluster.connection_opened(user_id):
-                await self._set_online(user_id, True)
-        except ClusterStoreUnavailable:
-            logger.debug("cluster store unavailable: node-local limits only")
-
-    async def _cluster_disconnected(self, client: Client) -> None:
-        assert self.cluster is not None
-        try:
-            await self.cluster.release(client.user_id, str(client.conn_id))
-            await self.cluster.connection_closed(client.user_id)
-        except ClusterStoreUnavailable:
-            logger.debug("cluster store unavailable: presence update deferred")
-
     def on_presence(self, user_id: str, online: bool) -> None:
         """Cluster store callback: a user went offline (or back online) cluster-wide."""
         self._spawn(self._set_online(user_id, online))
 
-    def _cluster_rate(self, client: Client, kind: RateKind) -> float:
-        """The cluster-wide budget: answered from leased tokens; refilled in the background."""
-        assert self.cluster is not None
-        limit = self._rate_limit_of(kind)
-        wait = self.cluster.check_rate_cached(client.user_id, kind.value, limit)
-        if wait is None:
-            # No lease on this node yet: the node-local bucket already allowed this one;
-            # fetch a lease so the next frames are counted cluster-wide.
-            self._spawn(self._lease_rate(client.user_id, kind.value, limit))
-            return 0.0
-        return wait
-
-    async def _check_cluster_message_rate(self, client: Client) -> None:
-        """Messages are counted cluster-wide before they are stored (raises InputError 429)."""
-        assert self.cluster is not None
-        limit = self.config.message_rate_limit
-        kind = RateKind.MESSAGE.value
-        wait = self.cluster.check_rate_cached(client.user_id, kind, limit)
-        if wait is None:
-            try:
-                wait = await self.cluster.check_rate(client.user_id, kind, limit)
-            except ClusterStoreUnavailable:
-                wait = 0.0  # the node-local bucket already allowed it
-        if wait > 0.0:
-            raise RateLimited(wait)
-
-    async def _lease_rate(self, user_id: str, kind: str, limit: int) -> None:
-        assert self.cluster is not None
-        try:
-            await self.cluster.check_rate(user_id, kind, limit)
-        except ClusterStoreUnavailable:
-            return
+    async def _open_on_cluster(self, client: Client) -> None:
+        """Cluster-wide per-user cap and presence for a new connection."""
+        assert self.nodes is not None
+        user_id = client.user_id
+        allowed, came_online = await self.nodes.open_connection(
+            user_id, str(client.conn_id), self.config.max_connections_per_user
+        )
+        if not allowed:
+            self.send_error(client, "Too many connections for this user", 503)
+            client.close(CloseCode.TRY_AGAIN_LATER, "Too many connections")
+        elif came_online:
+            await self._set_online(user_id, True)
 
     def _rate_limit_of(self, kind: RateKind) -> int:
         config = self.config
@@ -909,8 +818,8 @@ class ChatService:
             receipt,
             message_seq,
         )
-        if self.broker is not None:
-            self.broker.publish(event)
+        if self.nodes is not None:
+            self.nodes.publish(event)
         self._deliver_local(event)
 
     def _publish_together(self, *events: RoomEvent) -> None:
@@ -918,11 +827,9 @@ class ChatService:
 
         With several nodes each event goes its own way (the message through seq order).
         """
-        if self.broker is not None:
+        if self.nodes is not None:
             for event in events:
-                self.broker.publish(event)
-        if self._order is not None:
-            for event in events:
+                self.nodes.publish(event)
                 self._deliver_local(event)
             return
         delivered = self.rooms.publish_together(events)
@@ -938,18 +845,16 @@ class ChatService:
             self._deliver_local(event)
 
     def _deliver_local(self, event: RoomEvent) -> None:
-        if self._order is None or not event.message_seq:
-            ready: list[RoomEvent] = [event]
-        else:
-            ready, waiting = self._order.admit(event)
-            if waiting and event.chat_id not in self._gap_timers:
-                self._gap_timers[event.chat_id] = self._loop.call_later(
-                    GAP_WAIT_S, self._fill_gap_soon, event.chat_id
-                )
-        for item in ready:
-            delivered = self.rooms.publish(item)
-            if delivered:
-                self.metrics.frames_out[item.kind].inc(delivered)
+        if self.nodes is None:
+            self._deliver_ready(event)
+            return
+        for ready in self.nodes.admit(event):
+            self._deliver_ready(ready)
+
+    def _deliver_ready(self, event: RoomEvent) -> None:
+        delivered = self.rooms.publish(event)
+        if delivered:
+            self.metrics.frames_out[event.kind].inc(delivered)
 
     def _chat_update_frame(
         self,

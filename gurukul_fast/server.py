@@ -109,7 +109,8 @@ class GurukulServer:
         self._service = service
         try:
             if broker is not None:
-                await broker.start(service.deliver_remote, service.resync_chats)
+                assert service.nodes is not None
+                await broker.start(service.deliver_remote, service.nodes.resync)
             if cluster is not None:
                 await cluster.start(service.on_presence)
         except (BrokerUnavailable, ClusterStoreUnavailable) as exc:
