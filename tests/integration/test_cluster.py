@@ -24,7 +24,7 @@ from gurukul_fast.server import GurukulServer
 from tests.integration.test_cli import run_cli
 from tests.support.backends.postgresql import fresh_storage_url
 from tests.support.process import server_process
-from tests.support.server import UNIT, ChatClient, make_config, token
+from tests.support.server import ChatClient, http_get, make_config, token
 from tests.support.services import NATS_URL, REDIS_URL, redis_stopped
 
 BROKERS = {"redis": REDIS_URL, "nats": NATS_URL}
@@ -198,11 +198,9 @@ async def test_rate_limit_holds_across_nodes(tmp_path: Path) -> None:
 
 async def test_health_reports_the_broker(tmp_path: Path) -> None:
     async with cluster(tmp_path, "redis", nodes=1) as nodes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", nodes[0].port)
-        writer.write(b"GET /ws/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        raw = await asyncio.wait_for(reader.read(), 5 * UNIT)
-        writer.close()
-        health = orjson.loads(raw.partition(b"\r\n\r\n")[2])
+        status, _, body = await http_get(nodes[0].port, "/ws/health")
+        assert status == 200
+        health = orjson.loads(body)
         assert health["status"] == "healthy"
         assert health["broker"] == "ok"
 

@@ -8,7 +8,6 @@ configured JWT_SECRET or public key a page must not be able to reach the secret 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -20,23 +19,7 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gurukul_fast.server import GurukulServer
-from tests.support.server import UNIT, ChatClient, run_server
-
-
-async def http_get(server: GurukulServer, path: str) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    response = await asyncio.wait_for(reader.read(), 5 * UNIT)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split(" ")[1]), headers, body
+from tests.support.server import ChatClient, http_get, run_server
 
 
 def page_settings(body: bytes) -> dict[str, object]:
@@ -54,7 +37,7 @@ def csp_hash(block: bytes) -> str:
 
 async def test_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:
     async with run_server(tmp_path) as server:
-        status, headers, body = await http_get(server, "/")
+        status, headers, body = await http_get(server.port, "/")
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert headers["x-content-type-options"] == "nosniff"
@@ -77,7 +60,7 @@ async def test_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:
 
 async def test_page_is_self_contained_and_renders_text_only(tmp_path: Path) -> None:
     async with run_server(tmp_path) as server:
-        _, _, body = await http_get(server, "/")
+        _, _, body = await http_get(server.port, "/")
     page = body.decode()
     # No dependency and no external resource: nothing is loaded from anywhere else.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
@@ -97,13 +80,13 @@ async def test_page_is_self_contained_and_renders_text_only(tmp_path: Path) -> N
 
 async def test_page_settings_follow_the_config(tmp_path: Path) -> None:
     async with run_server(tmp_path, ws_path="/chat/socket") as server:
-        _, _, body = await http_get(server, "/")
+        _, _, body = await http_get(server.port, "/")
     assert page_settings(body) == {"wsPath": "/chat/socket", "devTokens": False}
 
 
 async def test_page_settings_cannot_break_out_of_their_block(tmp_path: Path) -> None:
     async with run_server(tmp_path, ws_path="/x</script><script>alert(1)</script>") as server:
-        _, _, body = await http_get(server, "/")
+        _, _, body = await http_get(server.port, "/")
     assert body.count(b"<script>") == 1
     assert page_settings(body)["wsPath"] == "/x</script><script>alert(1)</script>"
 
@@ -111,10 +94,10 @@ async def test_page_settings_cannot_break_out_of_their_block(tmp_path: Path) -> 
 async def test_dev_token_in_zero_config_mode(tmp_path: Path) -> None:
     async with run_server(tmp_path, jwt_secret=None) as server:
         assert server.secret_generated
-        _, _, page = await http_get(server, "/")
+        _, _, page = await http_get(server.port, "/")
         assert page_settings(page)["devTokens"] is True
 
-        status, headers, body = await http_get(server, "/dev/token?user=asha")
+        status, headers, body = await http_get(server.port, "/dev/token?user=asha")
         assert status == 200
         assert headers["content-type"] == "application/json"
         answer = orjson.loads(body)
@@ -135,7 +118,7 @@ async def test_dev_token_in_zero_config_mode(tmp_path: Path) -> None:
 )
 async def test_dev_token_refuses_bad_names(tmp_path: Path, query: str) -> None:
     async with run_server(tmp_path, jwt_secret=None) as server:
-        status, _, body = await http_get(server, "/dev/token" + query)
+        status, _, body = await http_get(server.port, "/dev/token" + query)
     assert status == 400
     assert orjson.loads(body)["code"] == 400
 
@@ -143,9 +126,9 @@ async def test_dev_token_refuses_bad_names(tmp_path: Path, query: str) -> None:
 async def test_no_dev_token_with_a_configured_secret(tmp_path: Path) -> None:
     async with run_server(tmp_path) as server:  # run_server configures JWT_SECRET
         assert not server.secret_generated
-        status, _, _ = await http_get(server, "/dev/token?user=asha")
+        status, _, _ = await http_get(server.port, "/dev/token?user=asha")
         assert status == 404
-        _, _, page = await http_get(server, "/")
+        _, _, page = await http_get(server.port, "/")
         assert page_settings(page)["devTokens"] is False
     assert not (tmp_path / "data" / "jwt-secret").exists()
 
@@ -163,5 +146,5 @@ async def test_no_dev_token_with_a_public_key(tmp_path: Path) -> None:
         jwt_algorithms="RS256",
     ) as server:
         assert not server.secret_generated
-        status, _, _ = await http_get(server, "/dev/token?user=asha")
+        status, _, _ = await http_get(server.port, "/dev/token?user=asha")
         assert status == 404

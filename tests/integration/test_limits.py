@@ -35,6 +35,7 @@ from tests.support.server import (
     ChatClient,
     connect,
     frame,
+    http_get,
     make_config,
     run_server,
     token,
@@ -176,23 +177,6 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.writer.close()
-
-
-async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 5 * UNIT)
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, body
 
 
 def close_frame_code(payload: bytes) -> int:

@@ -46,7 +46,7 @@ from gurukul_fast.server import STORAGE_PROBE_INTERVAL_S, GurukulServer
 from gurukul_fast.storage import StorageOptions, load_storage
 from tests.support.backends.postgresql import fresh_storage_url as fresh_postgres_url
 from tests.support.mongoeco_server import MongoecoServer
-from tests.support.server import UNIT, ChatClient, connect, make_config
+from tests.support.server import UNIT, ChatClient, connect, http_get, make_config
 
 BACKENDS = ["postgresql", "mongodb"]
 
@@ -195,15 +195,8 @@ async def _until(check: Callable[[], Awaitable[bool] | bool], timeout_s: float, 
 
 async def health(server: GurukulServer) -> dict[str, Any]:
     """GET /ws/health; the body as a dict (a degraded server still answers 200)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    try:
-        writer.write(b"GET /ws/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 5 * UNIT)
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split()[1] == b"200", head
+    status, _, body = await http_get(server.port, "/ws/health")
+    assert status == 200, status
     answer: dict[str, Any] = orjson.loads(body)
     return answer
 

@@ -6,7 +6,6 @@ only, so the tests exercise real certificate verification (no verification switc
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import trustme
 import websockets
 
 from gurukul_fast.server import GurukulServer
-from tests.support.server import UNIT, ChatClient, run_server, token
+from tests.support.server import UNIT, ChatClient, http_get, run_server, token
 
 
 @pytest.fixture(scope="module")
@@ -44,26 +43,6 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-async def https_get(
-    port: int, path: str, context: ssl.SSLContext
-) -> tuple[int, dict[str, str], bytes]:
-    """One GET over TLS with the standard library's TLS (what any HTTPS client does)."""
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
-    )
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-    response = await asyncio.wait_for(reader.read(), 5 * UNIT)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split(" ")[1]), headers, body
-
-
 async def test_wss_chat_with_the_therapist(tls_server: GurukulServer, ca: trustme.CA) -> None:
     url = f"wss://127.0.0.1:{tls_server.port}/ws?token={token('alice')}"
     async with websockets.connect(url, ssl=client_context(ca)) as connection:
@@ -78,17 +57,17 @@ async def test_wss_chat_with_the_therapist(tls_server: GurukulServer, ca: trustm
 
 async def test_health_and_page_over_https(tls_server: GurukulServer, ca: trustme.CA) -> None:
     context = client_context(ca)
-    status, headers, body = await https_get(tls_server.port, "/ws/health", context)
+    status, headers, body = await http_get(tls_server.port, "/ws/health", ssl=context)
     assert status == 200
     assert headers["content-type"] == "application/json"
     assert orjson.loads(body)["status"] == "healthy"
 
-    status, headers, body = await https_get(tls_server.port, "/", context)
+    status, headers, body = await http_get(tls_server.port, "/", ssl=context)
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert b"<title>Gurukul chat</title>" in body
 
-    status, _, body = await https_get(tls_server.port, "/metrics", context)
+    status, _, body = await http_get(tls_server.port, "/metrics", ssl=context)
     assert status == 200
     assert b"# TYPE" in body
 

@@ -14,6 +14,7 @@ import importlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import orjson
@@ -81,6 +82,28 @@ def ws_url(
     if query:
         params.append(query)
     return f"ws://127.0.0.1:{server.port}{server.config.ws_path}?{'&'.join(params)}"
+
+
+async def http_get(
+    port: int, path: str, *, ssl: SSLContext | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain GET on the server's port: (status, lower-cased headers, body)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ssl, server_hostname="127.0.0.1" if ssl else None
+    )
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5 * UNIT)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ")[1]), headers, body
 
 
 def frame(kind: str, data: dict[str, Any], **extra: Any) -> bytes:
