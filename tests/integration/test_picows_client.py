@@ -18,7 +18,7 @@ import orjson
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from gurukul_fast.server import GurukulServer
-from tests.support.server import UNIT, frame, run_server, ws_url
+from tests.support.server import UNIT, FrameReader, frame, run_server, ws_url
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\Z")
 
@@ -40,33 +40,19 @@ class Collector(WSListener):
             transport.disconnect()
 
 
-class PicowsClient:
+class PicowsClient(FrameReader):
     """Send protocol frames, wait for the ones we expect (others are kept in `seen`)."""
 
     def __init__(self, transport: WSTransport, listener: Collector) -> None:
+        super().__init__()
         self.transport = transport
         self.listener = listener
-        self.seen: list[dict[str, Any]] = []
 
     def send(self, kind: str, data: dict[str, Any], **extra: Any) -> None:
         self.transport.send(WSMsgType.TEXT, frame(kind, data, **extra))
 
-    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
-        message = await asyncio.wait_for(self.listener.frames.get(), timeout * UNIT)
-        self.seen.append(message)
-        return message
-
-    async def expect(self, kind: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout * UNIT
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise AssertionError(f"no {kind} matching {match}; saw {self.seen[-5:]}")
-            message = await self.next(left / UNIT)
-            if message["type"] == kind and all(
-                message["data"].get(k) == v for k, v in match.items()
-            ):
-                return message
+    async def _receive(self, timeout_s: float) -> dict[str, Any]:
+        return await asyncio.wait_for(self.listener.frames.get(), timeout_s)
 
     async def collect_until(self, done: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Every frame up to and including the first one for which `done(frame)` holds."""
@@ -76,7 +62,7 @@ class PicowsClient:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise AssertionError(f"condition not met; saw {frames[-8:]}")
-            message = await self.next(left / UNIT)
+            message = await self.recv(left / UNIT)
             frames.append(message)
             if done(message):
                 return frames

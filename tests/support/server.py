@@ -110,22 +110,17 @@ def frame(kind: str, data: dict[str, Any], **extra: Any) -> bytes:
     return orjson.dumps({"type": kind, "data": data, "timestamp": 1703123456789, **extra})
 
 
-class ChatClient:
-    """A `websockets` client that speaks the protocol: send frames, wait for frame types."""
+class FrameReader:
+    """Waiting for frames, whatever the client library: subclasses implement `_receive`."""
 
-    def __init__(self, connection: ClientConnection) -> None:
-        self.ws = connection
+    def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
 
-    async def send(self, kind: str, data: dict[str, Any], **extra: Any) -> None:
-        await self.ws.send(frame(kind, data, **extra).decode())
-
-    async def send_raw(self, payload: str | bytes) -> None:
-        await self.ws.send(payload)
+    async def _receive(self, timeout_s: float) -> dict[str, Any]:
+        raise NotImplementedError
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.ws.recv(), timeout * UNIT)
-        message: dict[str, Any] = orjson.loads(raw)
+        message = await self._receive(timeout * UNIT)
         self.seen.append(message)
         return message
 
@@ -155,6 +150,24 @@ class ChatClient:
                 return
             if kind is None or message["type"] == kind:
                 raise AssertionError(f"unexpected frame: {message}")
+
+
+class ChatClient(FrameReader):
+    """A `websockets` client that speaks the protocol: send frames, wait for frame types."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        super().__init__()
+        self.ws = connection
+
+    async def _receive(self, timeout_s: float) -> dict[str, Any]:
+        message: dict[str, Any] = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout_s))
+        return message
+
+    async def send(self, kind: str, data: dict[str, Any], **extra: Any) -> None:
+        await self.ws.send(frame(kind, data, **extra).decode())
+
+    async def send_raw(self, payload: str | bytes) -> None:
+        await self.ws.send(payload)
 
     async def join(self, chat_id: str, **extra: Any) -> dict[str, Any]:
         await self.send("chat_update", {"action": "join", "chatId": chat_id, **extra})
