@@ -139,6 +139,12 @@ class ChatService:
         self.replies = AgentReplies(config, storage, self, metrics, self._spawn)
         # Several nodes: events cross through the broker and message events are put in
         # seq order per chat; limits and presence are counted cluster-wide.
+        self._rate_limits = {
+            RateKind.MESSAGE: config.message_rate_limit,
+            RateKind.TYPING: config.typing_rate_limit,
+            RateKind.RECEIPT: config.receipt_rate_limit,
+            RateKind.CONTROL: config.control_rate_limit,
+        }
         self.nodes: NodeLink | None = None
         if broker is not None:
             self.nodes = NodeLink(
@@ -303,7 +309,7 @@ class ChatService:
     def _limit(self, client: Client, kind: RateKind, message_id: str | None = None) -> None:
         wait = client.state.check_rate(kind, time.monotonic(), self.config.abuse_close_after)
         if wait == 0.0 and self.nodes is not None and kind is not RateKind.MESSAGE:
-            wait = self.nodes.check_rate(client.user_id, kind.value, self._rate_limit_of(kind))
+            wait = self.nodes.check_rate(client.user_id, kind.value, self._rate_limits[kind])
         if wait > 0.0:
             self.send_error(
                 client,
@@ -749,15 +755,6 @@ class ChatService:
             client.close(CloseCode.TRY_AGAIN_LATER, "Too many connections")
         elif came_online:
             await self._set_online(user_id, True)
-
-    def _rate_limit_of(self, kind: RateKind) -> int:
-        config = self.config
-        return {
-            RateKind.MESSAGE: config.message_rate_limit,
-            RateKind.TYPING: config.typing_rate_limit,
-            RateKind.RECEIPT: config.receipt_rate_limit,
-            RateKind.CONTROL: config.control_rate_limit,
-        }[kind]
 
     # ------------------------------------------------------------------ presence
 
